@@ -1,0 +1,104 @@
+"""Read request bodies: JSON objects and multipart forms.
+
+Only HTTP concerns live here (content types, multipart parts, file vs text
+fields); what the fields mean is the contract layer's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from imagegate.errors import InvalidRequestError, UnsupportedMediaTypeError
+
+IMAGE_FIELDS = ("image", "image[]")
+MAX_TEXT_PART = 1024 * 1024  # a prompt of 32000 characters is far below this
+MAX_IMAGE_PARTS = 16
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def require_media_type(request: Request, *allowed: str) -> str:
+    kind = media_type(request)
+    if kind not in allowed:
+        raise UnsupportedMediaTypeError(
+            f"Unsupported Content-Type {kind or '(none)'!r}; this endpoint takes {' or '.join(allowed)}.",
+            code="unsupported_media_type",
+        )
+    return kind
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: {exc.msg} (position {exc.pos}).", code="invalid_json"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The JSON body must be an object.", code="invalid_json")
+    return data
+
+
+@dataclass(slots=True)
+class FormInput:
+    fields: dict[str, str] = field(default_factory=dict)
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    mask: tuple[str, bytes] | None = None
+
+
+async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormInput:
+    """Parse a multipart body. ``image`` and ``image[]`` parts (repeatable)
+    collect into ``images``; ``mask`` is one file; every other part must be a
+    text field, given once. Part file names are ignored entirely."""
+    try:
+        form = await request.form(
+            max_files=MAX_IMAGE_PARTS + 2, max_fields=64, max_part_size=MAX_TEXT_PART
+        )
+    except (MultiPartException, HTTPException) as exc:
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed body"
+        raise InvalidRequestError(f"Could not parse the multipart body: {detail}.", code="invalid_multipart") from exc
+    out = FormInput()
+    try:
+        items = form.multi_items()
+        image_count = sum(1 for name, _ in items if name in IMAGE_FIELDS)
+        for name, value in items:
+            if name in file_fields:
+                if not isinstance(value, UploadFile):
+                    raise InvalidRequestError(
+                        f"Invalid type for '{name}': expected a file upload, but got a text field instead.",
+                        param="image" if name in IMAGE_FIELDS else name,
+                        code="invalid_type",
+                    )
+                data = await value.read()
+                if name == "mask":
+                    if out.mask is not None:
+                        raise InvalidRequestError("Only one 'mask' may be sent.", param="mask", code="duplicate_parameter")
+                    out.mask = ("mask", data)
+                else:
+                    label = "image" if image_count == 1 else f"image[{len(out.images)}]"
+                    out.images.append((label, data))
+                continue
+            if isinstance(value, UploadFile):
+                raise InvalidRequestError(
+                    f"Invalid type for '{name}': expected a text field, but got a file upload instead.",
+                    param=name,
+                    code="invalid_type",
+                )
+            if name in out.fields:
+                raise InvalidRequestError(f"Parameter '{name}' was sent more than once.", param=name, code="duplicate_parameter")
+            out.fields[name] = value
+    finally:
+        await form.close()
+    return out

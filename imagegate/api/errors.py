@@ -1,0 +1,64 @@
+"""One place that turns every failure into OpenAI's error envelope.
+
+``ImagegateError`` subclasses carry their own status, code and param; Starlette's
+HTTP errors (unknown route, wrong method) are wrapped; anything else is a 500
+whose details stay in the server log. No stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagegate.api.render import JSONBody
+from imagegate.errors import ImagegateError, InvalidRequestError
+
+log = logging.getLogger("imagegate.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+
+
+def error_response(exc: ImagegateError) -> JSONBody:
+    return JSONBody(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+
+async def _imagegate_error(request: Request, exc: Exception) -> JSONBody:
+    assert isinstance(exc, ImagegateError)
+    if exc.status >= 500:
+        log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONBody:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    message = "Not found." if status == 404 else str(exc.detail)
+    if status == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    err = ImagegateError(message, code=_HTTP_CODES.get(status, "http_error"))
+    err.status = status
+    err.type = "invalid_request_error" if status < 500 else "server_error"
+    return JSONBody(err.envelope(), status_code=status, headers=dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONBody:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    return error_response(InvalidRequestError(str(first.get("msg", "Invalid request.")), param=".".join(loc) or None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONBody:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    err = ImagegateError("The server had an error while processing your request.", code="internal_error")
+    return JSONBody(err.envelope(), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ImagegateError, _imagegate_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

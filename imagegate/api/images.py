@@ -1,0 +1,151 @@
+"""``/v1/images/*``: parse the body, build a typed request, call the service, render."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from imagegate.api import openapi
+from imagegate.api.bodies import IMAGE_FIELDS, FormInput, read_form, read_json_object, require_media_type
+from imagegate.api.deps import AuthDep, ServiceDep
+from imagegate.api.render import JSONBody, sse
+from imagegate.contract.requests import ImageRequest
+from imagegate.contract.validate import check_rules, load_inputs, parse_fields
+from imagegate.errors import ImagegateError, InvalidRequestError
+from imagegate.gateway.service import ImageService
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def _build(
+    service: ImageService,
+    endpoint: str,
+    raw: dict[str, Any],
+    *,
+    from_form: bool,
+    images: list[tuple[str, bytes]] | None = None,
+    mask: tuple[str, bytes] | None = None,
+) -> ImageRequest:
+    fields = parse_fields(endpoint, raw, from_form=from_form)
+    name, spec = service.directory.resolve(fields.model, endpoint)
+    check_rules(endpoint, fields, name, spec)
+    inputs, mask_image = (), None
+    if images is not None:
+        inputs, mask_image = await load_inputs(
+            endpoint, name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels
+        )
+    elif mask is not None:
+        raise InvalidRequestError("A mask needs an image to apply to.", param="mask")
+    return ImageRequest(endpoint, name, spec, fields, inputs, mask_image)  # type: ignore[arg-type]
+
+
+async def _respond(service: ImageService, request: ImageRequest, http: Request) -> Response:
+    if request.stream:
+        return await _stream(service, request, http)
+    result = await service.create(request, _base_url(http))
+    return JSONBody(result)
+
+
+async def _stream(service: ImageService, request: ImageRequest, http: Request) -> Response:
+    events = service.stream(request, _base_url(http))
+    # The first event is awaited before answering, so a request that fails at
+    # once still gets a plain JSON error with the right status.
+    first = await anext(events)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield sse(first.type, first)
+        try:
+            async for event in events:
+                yield sse(event.type, event)
+        except ImagegateError as exc:
+            yield sse("error", exc.envelope())
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.post("/generations", openapi_extra=openapi.GENERATIONS, response_model=None)
+async def create_image(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+    require_media_type(http, "application/json")
+    raw = await read_json_object(http)
+    request = await _build(service, "generations", raw, from_form=False)
+    return await _respond(service, request, http)
+
+
+async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest:
+    refs = raw.pop("images", None)
+    mask_ref = raw.pop("mask", None)
+    if "image" in raw:
+        raise InvalidRequestError(
+            "JSON edit requests take 'images' (a list of {image_url}); 'image' is for multipart uploads.",
+            param="image",
+            code="unknown_parameter",
+        )
+    if refs is None:
+        raise InvalidRequestError("Missing required parameter: 'images'.", param="images", code="missing_required_parameter")
+    if not isinstance(refs, list) or not refs:
+        raise InvalidRequestError("'images' must be a non-empty array of {image_url} objects.", param="images", code="invalid_type")
+    # Check the cheap fields before fetching anything.
+    fields = parse_fields("edits", raw, from_form=False)
+    name, spec = service.directory.resolve(fields.model, "edits")
+    check_rules("edits", fields, name, spec)
+    limit = spec.edit_input.max_images if spec.edit_input else 0
+    if len(refs) > limit:
+        raise InvalidRequestError(
+            f"Too many images: model '{name}' takes at most {limit}, got {len(refs)}.", param="images", code="too_many_images"
+        )
+    images = [(f"images[{i}]", await service.fetcher.load(_ref_url(ref, f"images[{i}]"), f"images[{i}]")) for i, ref in enumerate(refs)]
+    mask = ("mask", await service.fetcher.load(_ref_url(mask_ref, "mask"), "mask")) if mask_ref is not None else None
+    inputs, mask_image = await load_inputs(
+        "edits", name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels
+    )
+    return ImageRequest("edits", name, spec, fields, inputs, mask_image)
+
+
+def _ref_url(ref: Any, param: str) -> str:
+    if not isinstance(ref, dict):
+        raise InvalidRequestError(f"'{param}' must be an object with 'image_url'.", param=param, code="invalid_type")
+    if "file_id" in ref:
+        raise InvalidRequestError(
+            "File IDs are not supported here; send the image as 'image_url' (a data: or https URL).",
+            param=f"{param}.file_id",
+            code="unsupported_parameter",
+        )
+    extra = set(ref) - {"image_url"}
+    if extra:
+        name = sorted(extra)[0]
+        raise InvalidRequestError(f"Unknown parameter: '{param}.{name}'.", param=f"{param}.{name}", code="unknown_parameter")
+    url = ref.get("image_url")
+    if not isinstance(url, str) or not url:
+        raise InvalidRequestError(f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url", code="missing_required_parameter")
+    return url
+
+
+@router.post("/edits", openapi_extra=openapi.EDITS, response_model=None)
+async def create_image_edit(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+    kind = require_media_type(http, "multipart/form-data", "application/json")
+    if kind == "application/json":
+        request = await _json_edit(service, await read_json_object(http))
+    else:
+        form: FormInput = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
+        request = await _build(service, "edits", dict(form.fields), from_form=True, images=form.images, mask=form.mask)
+    return await _respond(service, request, http)
+
+
+@router.post("/variations", openapi_extra=openapi.VARIATIONS, response_model=None)
+async def create_image_variation(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+    require_media_type(http, "multipart/form-data")
+    form = await read_form(http, file_fields=IMAGE_FIELDS)
+    request = await _build(service, "variations", dict(form.fields), from_form=True, images=form.images)
+    return await _respond(service, request, http)
+

@@ -1,0 +1,36 @@
+"""``/v1/models``, health and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from imagegate.api.deps import AuthDep, ServiceDep
+from imagegate.api.render import JSONBody
+
+router = APIRouter()
+
+
+@router.get("/v1/models", tags=["models"], response_model=None)
+async def list_models(service: ServiceDep, _: AuthDep) -> JSONBody:
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": service.created_at,
+            "owned_by": service.routes[name].deployments[0].provider,
+        }
+        for name in service.directory.names()
+    ]
+    return JSONBody({"object": "list", "data": data})
+
+
+@router.get("/healthz", tags=["health"], response_model=None)
+async def healthz() -> JSONBody:
+    return JSONBody({"status": "ok"})
+
+
+@router.get("/readyz", tags=["health"], response_model=None)
+async def readyz(service: ServiceDep) -> JSONBody:
+    checks = await service.readiness()
+    ready = all(checks.values())
+    return JSONBody({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,85 @@
+"""ASGI middleware, and the one function that sets their order.
+
+Order, outermost first:
+
+1. ``RequestIdMiddleware`` - every response, errors included, carries
+   ``x-request-id``.
+2. ``BodyLimitMiddleware`` - a body over ``server.max_body_mb`` gets 413
+   before it is read: at once when ``Content-Length`` says so, else as soon
+   as the running count passes the limit.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagegate.api.render import JSONBody
+from imagegate.errors import PayloadTooLargeError
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _CLIENT_ID.match(incoming) else f"req_{secrets.token_hex(12)}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The request body is larger than this server's limit of {self.max_bytes // (1024 * 1024)} MB.",
+            code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            err = self._error()
+            response = JSONBody(err.envelope(), status_code=err.status, headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def build_middleware(max_body_bytes: int) -> list[Middleware]:
+    return [
+        Middleware(RequestIdMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes),
+    ]

@@ -1,0 +1,228 @@
+"""Typed settings: a YAML file plus environment overrides, checked at start.
+
+Load order, later wins:
+
+1. the embedded defaults (the ``test-pattern`` model, local storage under
+   ``./imagegate-data``);
+2. the YAML file given with ``--config`` (or ``IMAGEGATE_CONFIG``);
+3. environment variables ``IMAGEGATE_<SECTION>__<KEY>[__<KEY>...]``, e.g.
+   ``IMAGEGATE_SERVER__PORT=9000``; values are parsed as YAML scalars.
+
+Any string value of the form ``env:VARNAME`` is replaced by that variable's
+value; a missing variable is an error naming the key. Every problem becomes a
+:class:`~imagegate.errors.ConfigError` whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from imagegate.errors import ConfigError
+
+ENV_PREFIX = "IMAGEGATE_"
+ENV_NESTING = "__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchConfig(_Strict):
+    """Limits for http(s) image URLs given in JSON edit requests."""
+
+    timeout_seconds: float = Field(15.0, gt=0)
+    max_mb: float = Field(50.0, gt=0)
+    max_redirects: int = Field(3, ge=0, le=10)
+    allow_private_networks: bool = False
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None
+    data_dir: Path = Path("./imagegate-data")
+    max_body_mb: float = Field(120.0, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    fetch: FetchConfig = FetchConfig()
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.rstrip("/")
+
+
+class AuthConfig(_Strict):
+    api_keys: list[SecretStr] = []
+
+    @field_validator("api_keys")
+    @classmethod
+    def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if any(not key.get_secret_value().strip() for key in keys):
+            raise ValueError("an API key is empty")
+        return keys
+
+
+class StorageConfig(_Strict):
+    url: str | None = None  # default: file://<server.data_dir>/images
+    url_ttl_seconds: int = Field(3600, gt=0)
+    signing_key: SecretStr | None = None  # default: generated once in data_dir
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("file://"):
+            raise ValueError(f"unsupported storage URL {value!r} (supported: file://PATH)")
+        return value
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    model: str | None = None  # the model name sent upstream; default: the public name
+
+
+class ModelRouteConfig(_Strict):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    # which catalog entry's rules validate requests; default: the public name,
+    # then the deployments' upstream model name, then the provider's own rules.
+    rules: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"deployments": value}
+        return value
+
+
+class ProviderConfig(BaseModel):
+    """``type`` picks the provider class; the other keys are its options,
+    checked by that class's own options model (see ``providers.registry``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Settings(_Strict):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    storage: StorageConfig = StorageConfig()
+    providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
+    models: dict[str, ModelRouteConfig] = {
+        "test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])
+    }
+    default_model: str | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        for name, route in self.models.items():
+            for i, dep in enumerate(route.deployments):
+                if dep.provider not in self.providers:
+                    raise ValueError(
+                        f"models.{name}.deployments.{i}.provider: no provider named "
+                        f"{dep.provider!r} (defined: {', '.join(sorted(self.providers)) or 'none'})"
+                    )
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model: {self.default_model!r} is not in models")
+        return self
+
+    @property
+    def storage_path(self) -> Path:
+        if self.storage.url is None:
+            return self.server.data_dir / "images"
+        return Path(self.storage.url.removeprefix("file://"))
+
+
+def _resolve_env_refs(value: Any, path: str, environ: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_env_refs(v, f"{path}.{k}" if path else str(k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env_refs(v, f"{path}.{i}", environ) for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith("env:"):
+        var = value[4:]
+        if var not in environ:
+            raise ConfigError(f"{path}: environment variable {var} is not set")
+        return environ[var]
+    return value
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        if not all(keys):
+            raise ConfigError(f"{name}: malformed override name")
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {key} is not a section")
+            node = child
+        node[keys[-1]] = yaml.safe_load(raw) if raw else raw
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError on any problem."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: invalid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded
+    _apply_env_overrides(data, environ)
+    data = _resolve_env_refs(data, "", environ)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from exc
+
+    from imagegate.providers.registry import validate_provider_options
+
+    for name, provider in settings.providers.items():
+        validate_provider_options(name, provider)
+    return settings

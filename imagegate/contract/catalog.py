@@ -1,0 +1,194 @@
+"""The model catalog: every per-model rule of the OpenAI Images API in one table.
+
+The OpenAPI spec gives field names and types; the rules below are the ones it
+states only in prose (sizes, ``n``, prompt lengths, which fields a model takes,
+edit-input limits). Validation (``contract.validate``) reads this table and
+nothing else, so supporting a new model means adding a row, not an ``if``.
+
+Providers extend the table at import time with :func:`register` (for example
+the offline ``test-pattern`` model).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MB = 1024 * 1024
+
+GENERATIONS = "generations"
+EDITS = "edits"
+VARIATIONS = "variations"
+
+# Optional fields that only some models take. Fields every model takes
+# (prompt, model, n, size, user, response_format) are not listed.
+GPT_IMAGE_FIELDS = frozenset(
+    {
+        "quality",
+        "background",
+        "output_format",
+        "output_compression",
+        "moderation",
+        "stream",
+        "partial_images",
+        "input_fidelity",
+    }
+)
+EXTENSION_FIELDS = frozenset({"seed", "negative_prompt", "num_inference_steps", "guidance_scale"})
+
+_SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+
+
+def parse_size(size: str) -> tuple[int, int] | None:
+    """``"1024x768"`` -> ``(1024, 768)``; None for anything else (including ``auto``)."""
+    m = _SIZE_RE.match(size)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSizeRule:
+    """Arbitrary ``WIDTHxHEIGHT`` sizes within limits (gpt-image-2 style)."""
+
+    multiple_of: int = 16
+    max_edge: int = 3840
+    max_pixels: int = 3840 * 2160
+    min_pixels: int = 0
+    max_aspect: float = 3.0
+
+    def check(self, width: int, height: int) -> str | None:
+        if width % self.multiple_of or height % self.multiple_of:
+            return f"width and height must both be multiples of {self.multiple_of}"
+        if max(width, height) > self.max_edge:
+            return f"the longest edge may be at most {self.max_edge} pixels"
+        if width * height > self.max_pixels:
+            return f"at most {self.max_pixels} pixels are supported"
+        if width * height < self.min_pixels:
+            return f"at least {self.min_pixels} pixels are required"
+        if max(width, height) / min(width, height) > self.max_aspect:
+            return f"the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class InputRule:
+    """What an endpoint accepts as input images."""
+
+    formats: frozenset[str]
+    max_images: int
+    max_bytes: int
+    square: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    endpoints: frozenset[str]
+    sizes: tuple[str, ...]  # fixed sizes accepted (may include "auto")
+    default_size: str
+    qualities: tuple[str, ...]
+    default_quality: str
+    prompt_max: int
+    n_max: int = 10
+    default_response_format: str = "b64_json"
+    accepts: frozenset[str] = frozenset()  # optional fields from GPT_IMAGE_FIELDS / style / extensions
+    free_size: FreeSizeRule | None = None
+    edit_input: InputRule | None = None
+    variation_input: InputRule | None = None
+    mask_max_bytes: int = 4 * MB
+    # ImagesResponse carries size/quality/background/output_format for these.
+    reports_output_meta: bool = False
+    # Streaming partial images (stream / partial_images).
+    streams: bool = False
+    variation_sizes: tuple[str, ...] = ()
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def allows_size(self, size: str, endpoint: str = GENERATIONS) -> str | None:
+        """None if ``size`` is fine for this model, else the reason."""
+        sizes = self.variation_sizes if endpoint == VARIATIONS and self.variation_sizes else self.sizes
+        if size in sizes:
+            return None
+        dims = parse_size(size)
+        if self.free_size is not None and endpoint != VARIATIONS and dims is not None:
+            return self.free_size.check(*dims)
+        listed = ", ".join(f"'{s}'" for s in sizes)
+        extra = " or WIDTHxHEIGHT within the model's limits" if self.free_size else ""
+        return f"supported values are: {listed}{extra}"
+
+
+_CATALOG: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _CATALOG[spec.name] = spec
+    return spec
+
+
+def lookup(name: str | None) -> ModelSpec | None:
+    return _CATALOG.get(name) if name else None
+
+
+def names() -> list[str]:
+    return sorted(_CATALOG)
+
+
+_GPT_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+_GPT_QUALITIES = ("auto", "low", "medium", "high")
+_GPT_EDIT_INPUT = InputRule(frozenset({"png", "webp", "jpeg"}), max_images=16, max_bytes=50 * MB)
+_DALLE2_INPUT = InputRule(frozenset({"png"}), max_images=1, max_bytes=4 * MB, square=True)
+
+
+def _gpt_image(name: str, *, input_fidelity: bool = True, free_size: bool = False) -> ModelSpec:
+    accepts = GPT_IMAGE_FIELDS if input_fidelity else GPT_IMAGE_FIELDS - {"input_fidelity"}
+    return ModelSpec(
+        name=name,
+        endpoints=frozenset({GENERATIONS, EDITS}),
+        sizes=_GPT_SIZES,
+        default_size="auto",
+        qualities=_GPT_QUALITIES,
+        default_quality="auto",
+        prompt_max=32000,
+        accepts=accepts,
+        free_size=FreeSizeRule() if free_size else None,
+        edit_input=_GPT_EDIT_INPUT,
+        mask_max_bytes=50 * MB,
+        reports_output_meta=True,
+        streams=True,
+    )
+
+
+register(
+    ModelSpec(
+        name="dall-e-2",
+        endpoints=frozenset({GENERATIONS, EDITS, VARIATIONS}),
+        sizes=("256x256", "512x512", "1024x1024"),
+        default_size="1024x1024",
+        qualities=("standard", "auto"),
+        default_quality="standard",
+        prompt_max=1000,
+        default_response_format="url",
+        accepts=frozenset({"quality"}),
+        edit_input=_DALLE2_INPUT,
+        variation_input=_DALLE2_INPUT,
+    )
+)
+register(
+    ModelSpec(
+        name="dall-e-3",
+        endpoints=frozenset({GENERATIONS}),
+        sizes=("1024x1024", "1792x1024", "1024x1792"),
+        default_size="1024x1024",
+        qualities=("standard", "hd", "auto"),
+        default_quality="standard",
+        prompt_max=4000,
+        n_max=1,
+        default_response_format="url",
+        accepts=frozenset({"quality", "style"}),
+    )
+)
+register(_gpt_image("gpt-image-1"))
+register(_gpt_image("gpt-image-1-mini", input_fidelity=False))
+register(_gpt_image("gpt-image-1.5"))
+register(_gpt_image("chatgpt-image-latest"))
+register(_gpt_image("gpt-image-2", free_size=True))
+register(_gpt_image("gpt-image-2-2026-04-21", free_size=True))

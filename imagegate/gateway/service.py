@@ -1,0 +1,196 @@
+"""The image service: route a typed request to a deployment, run it, and
+shape the result into what the client asked for (format, size, compression,
+``b64_json`` or a hosted URL).
+
+Nothing here knows HTTP; the API layer hands in an
+:class:`~imagegate.contract.requests.ImageRequest` and the public base URL,
+and gets typed responses or stream events back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from imagegate.config import Settings
+from imagegate.contract import catalog
+from imagegate.contract.catalog import ModelSpec
+from imagegate.contract.requests import ImageRequest
+from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
+from imagegate.contract.validate import ModelDirectory
+from imagegate.errors import ConfigError, GoneError, NotFoundError
+from imagegate.gateway.fetch import ImageFetcher
+from imagegate.gateway.output import Shaped, shape_images, usage_out
+from imagegate.providers.base import Deployment, PartialImage, Provider, ProviderContext, ProviderResult
+from imagegate.providers.registry import build_provider, provider_class
+from imagegate.storage.base import Storage, StoredObject
+from imagegate.storage.local import LocalStorage
+from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner, load_or_create_key
+
+log = logging.getLogger("imagegate.gateway")
+
+_EVENT_PREFIX = {"generations": "image_generation", "edits": "image_edit", "variations": "image_variation"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    deployments: tuple[Deployment, ...]
+    rules: ModelSpec
+
+
+def _rules_for(settings: Settings, name: str) -> ModelSpec:
+    route = settings.models[name]
+    if route.rules is not None:
+        spec = catalog.lookup(route.rules)
+        if spec is None:
+            raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(catalog.names())})")
+        return spec
+    first = route.deployments[0]
+    spec = catalog.lookup(name) or catalog.lookup(first.model)
+    if spec is None:
+        spec = provider_class(settings.providers[first.provider].type).default_rules
+    if spec is None:
+        raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(catalog.names())}")
+    return spec
+
+
+class ImageService:
+    def __init__(self, settings: Settings, storage: Storage, signer: URLSigner) -> None:
+        self.settings = settings
+        self.created_at = int(time.time())
+        self.storage = storage
+        self.signer = signer
+        context = ProviderContext(max_image_pixels=settings.server.max_image_pixels)
+        self.providers: dict[str, Provider] = {
+            name: build_provider(name, cfg, context) for name, cfg in settings.providers.items()
+        }
+        self.routes: dict[str, Route] = {}
+        for name, route in settings.models.items():
+            deployments = tuple(Deployment(d.provider, d.model or name) for d in route.deployments)
+            self.routes[name] = Route(deployments, _rules_for(settings, name))
+        self.directory = ModelDirectory({n: r.rules for n, r in self.routes.items()}, settings.default_model)
+        self.fetcher = ImageFetcher(settings.server.fetch)
+        self._turns = {name: itertools.cycle(route.deployments) for name, route in self.routes.items()}
+
+    @staticmethod
+    def check(settings: Settings) -> None:
+        """Raise ConfigError for what only the service can check (model rules)."""
+        for name in settings.models:
+            _rules_for(settings, name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageService:
+        root = settings.storage_path
+        storage = LocalStorage(root)
+        secret = settings.storage.signing_key
+        key = secret.get_secret_value().encode() if secret else load_or_create_key(settings.server.data_dir / "signing.key")
+        return cls(settings, storage, URLSigner(key, settings.storage.url_ttl_seconds))
+
+    # -- running requests --------------------------------------------------
+
+    def _pick(self, request: ImageRequest) -> tuple[Provider, Deployment]:
+        deployment = next(self._turns[request.model])
+        return self.providers[deployment.provider], deployment
+
+    async def create(self, request: ImageRequest, base_url: str) -> ImagesResponse:
+        provider, deployment = self._pick(request)
+        result = await provider.run(request, deployment)
+        shaped = await shape_images(request, result.images, self.settings.server.max_image_pixels)
+        data = await asyncio.gather(*(self._render(request, s, base_url) for s in shaped))
+        return self._response(request, result, shaped, list(data))
+
+    async def stream(self, request: ImageRequest, base_url: str) -> AsyncIterator[StreamEvent]:
+        provider, deployment = self._pick(request)
+        prefix = _EVENT_PREFIX[request.endpoint]
+        async for item in provider.stream(request, deployment):
+            if isinstance(item, PartialImage):
+                (shaped,) = await shape_images(request, [item.image], self.settings.server.max_image_pixels)
+                yield self._event(request, f"{prefix}.partial_image", shaped, None, partial_index=item.index)
+                continue
+            shaped_all = await shape_images(request, item.images, self.settings.server.max_image_pixels)
+            for shaped in shaped_all:
+                yield self._event(request, f"{prefix}.completed", shaped, item)
+
+    def _event(
+        self,
+        request: ImageRequest,
+        kind: str,
+        shaped: Shaped,
+        result: ProviderResult | None,
+        partial_index: int | None = None,
+    ) -> StreamEvent:
+        return StreamEvent(
+            type=kind,
+            b64_json=base64.b64encode(shaped.data).decode("ascii"),
+            created_at=int(time.time()),
+            size=shaped.size_str,
+            quality=(result.quality if result else None) or request.quality,
+            background=(result.background if result else None) or request.background,
+            output_format=shaped.format,
+            partial_image_index=partial_index,
+            usage=usage_out(result.usage) if result else None,
+        )
+
+    async def _render(self, request: ImageRequest, shaped: Shaped, base_url: str) -> ImageData:
+        if request.response_format == "url":
+            key = await self.storage.put(shaped.data, shaped.format)
+            return ImageData(url=self.signer.url(self.settings.server.public_url or base_url, key), revised_prompt=shaped.revised_prompt)
+        return ImageData(b64_json=base64.b64encode(shaped.data).decode("ascii"), revised_prompt=shaped.revised_prompt)
+
+    def _response(
+        self, request: ImageRequest, result: ProviderResult, shaped: list[Shaped], data: list[ImageData]
+    ) -> ImagesResponse:
+        meta = {}
+        if request.spec.reports_output_meta and shaped:
+            meta = {
+                "size": shaped[0].size_str,
+                "output_format": shaped[0].format,
+                "quality": result.quality or request.quality,
+                "background": result.background if result.background in ("transparent", "opaque") else None,
+            }
+        return ImagesResponse(created=int(time.time()), data=data, usage=usage_out(result.usage), **meta)
+
+    # -- hosted files ------------------------------------------------------
+
+    async def open_file(self, key: str, expires: str, signature: str) -> tuple[StoredObject, int]:
+        try:
+            expiry = self.signer.verify(key, expires, signature)
+        except SignatureInvalid:
+            raise NotFoundError("No such image: the link is invalid.", code="invalid_signature") from None
+        except SignatureExpired:
+            raise GoneError("This image link has expired; image URLs are valid for "
+                            f"{self.signer.ttl_seconds // 60} minutes.", code="url_expired") from None
+        obj = await self.storage.get(key)
+        if obj is None:
+            raise GoneError("This image is no longer stored.", code="url_expired")
+        return obj, expiry
+
+    async def sweep_forever(self) -> None:
+        interval = self.settings.storage.sweep_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.storage.sweep(time.time() - self.signer.ttl_seconds)
+                if removed:
+                    log.info("swept %d expired image(s)", removed)
+            except Exception:  # keep sweeping on the next turn
+                log.exception("sweeping expired images failed")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"storage": await self.storage.ready()}
+        for name, provider in self.providers.items():
+            checks[f"provider:{name}"] = await provider.ready()
+        return checks
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.storage.aclose()

@@ -1,0 +1,95 @@
+"""Identify an image from its content: format, dimensions, alpha.
+
+The file name and the declared content type are never trusted; Pillow reads
+the format from the bytes. Dimensions come from the header, so a
+decompression bomb (a small file declaring huge dimensions) is refused before
+any pixel is decoded. These functions are CPU work: call them off the event
+loop (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+# Pillow format names -> the names the API uses.
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+# Formats this server opens at all; anything else is refused without parsing further.
+_OPENABLE = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class ImageProbeError(ValueError):
+    """The bytes are not a usable image; ``code`` says why."""
+
+    def __init__(self, message: str, code: str = "invalid_image") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str  # png | jpeg | webp | gif | bmp | tiff
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+    nbytes: int
+
+    @property
+    def mime_type(self) -> str:
+        return MIME_TYPES.get(self.format, "application/octet-stream")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def probe(data: bytes, *, max_pixels: int, verify: bool = True) -> ImageInfo:
+    """Read the header (and, with ``verify``, check the file's integrity
+    without decoding pixels). Raises :class:`ImageProbeError`."""
+    if not data:
+        raise ImageProbeError("the file is empty", "invalid_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_OPENABLE)
+    except UnidentifiedImageError as exc:
+        raise ImageProbeError("the file is not a recognised image format", "invalid_image_format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageProbeError(str(exc), "image_too_large") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageProbeError("the image header is corrupt", "invalid_image") from exc
+    with img:
+        fmt = _FORMATS.get(img.format or "", (img.format or "unknown").lower())
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageProbeError("the image has no pixels", "invalid_image")
+        if width * height > max_pixels:
+            raise ImageProbeError(
+                f"the image declares {width}x{height} pixels, more than the {max_pixels} allowed",
+                "image_too_large",
+            )
+        info = ImageInfo(fmt, width, height, img.mode, _has_alpha(img), len(data))
+        if verify:
+            try:
+                img.verify()
+            except Exception as exc:  # Pillow raises many types for corrupt data
+                raise ImageProbeError("the image data is corrupt or truncated", "invalid_image") from exc
+    return info
+
+
+def decode(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Fully decode an image (after the same header checks as :func:`probe`)."""
+    probe(data, max_pixels=max_pixels, verify=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_OPENABLE)
+            img.load()
+    except Exception as exc:
+        raise ImageProbeError("the image data is corrupt or truncated", "invalid_image") from exc
+    return img

@@ -1,0 +1,130 @@
+"""The provider contract.
+
+A provider turns a validated :class:`~imagegate.contract.requests.ImageRequest`
+into images for one upstream kind (an HTTP API, a local pipeline, the offline
+test pattern). It knows its upstream's wire format and nothing about keys,
+budgets, storage or HTTP responses to the client.
+
+Contract:
+
+* ``generate``, ``edit`` and ``variation`` return a :class:`ProviderResult`
+  with exactly ``request.n`` images, or raise an
+  :class:`~imagegate.errors.ImagegateError` (upstream failures mapped with
+  ``raise ... from exc``). An endpoint the provider cannot serve raises
+  :class:`~imagegate.errors.InvalidRequestError` naming ``model``.
+* Images may come back in any format and size; the gateway converts them to
+  what the client asked for. A provider that already applied
+  ``output_compression`` says so in :attr:`GeneratedImage.compressed`.
+* ``stream`` yields :class:`PartialImage` events then the final
+  :class:`ProviderResult`; the default implementation yields only the
+  result, so every provider streams.
+* ``deployment`` carries the upstream model name to use (model aliasing).
+* Long CPU work runs off the event loop; cancellation (client gone) must stop
+  the work as soon as practical.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from imagegate.contract.catalog import ModelSpec
+from imagegate.contract.requests import ImageRequest
+
+
+class ProviderOptions(BaseModel):
+    """Base for each provider type's options (the keys next to ``type:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    provider: str  # the provider's name in the config
+    model: str  # the model name to send upstream
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    data: bytes
+    format: str  # png | jpeg | webp
+    revised_prompt: str | None = None
+    compressed: bool = False  # output_compression already applied upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as OpenAI reports it (``ImageGenUsage``)."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_text_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int | None = None
+    output_text_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResult:
+    images: list[GeneratedImage]
+    usage: Usage | None = None
+    # What the upstream resolved "auto" to, when it says (size, quality, background).
+    quality: str | None = None
+    background: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartialImage:
+    index: int  # 0-based partial_image_index
+    image: GeneratedImage
+
+
+@dataclass(slots=True)
+class ProviderContext:
+    """What the app hands every provider at construction."""
+
+    max_image_pixels: int
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    type_name: ClassVar[str]
+    options_model: ClassVar[type[ProviderOptions]] = ProviderOptions
+    # Catalog rules for models served by this provider when neither the public
+    # name nor the upstream name is in the catalog. None: the name must be known.
+    default_rules: ClassVar[ModelSpec | None] = None
+
+    def __init__(self, name: str, options: ProviderOptions, context: ProviderContext) -> None:
+        self.name = name
+        self.options = options
+        self.context = context
+
+    @abstractmethod
+    async def generate(self, request: ImageRequest, deployment: Deployment) -> ProviderResult: ...
+
+    @abstractmethod
+    async def edit(self, request: ImageRequest, deployment: Deployment) -> ProviderResult: ...
+
+    @abstractmethod
+    async def variation(self, request: ImageRequest, deployment: Deployment) -> ProviderResult: ...
+
+    async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
+        handler = {"generations": self.generate, "edits": self.edit, "variations": self.variation}
+        return await handler[request.endpoint](request, deployment)
+
+    async def stream(
+        self, request: ImageRequest, deployment: Deployment
+    ) -> AsyncIterator[PartialImage | ProviderResult]:
+        yield await self.run(request, deployment)
+
+    async def ready(self) -> bool:
+        """Whether the provider can take requests now (for ``/readyz``)."""
+        return True
+
+    async def aclose(self) -> None:
+        """Release connections, models, threads."""

@@ -1,0 +1,54 @@
+"""Provider types by the ``type:`` key of the config.
+
+Modules are imported on first use, so a heavy provider (local diffusion
+models) costs nothing until a config names it. The core never branches on a
+provider's name: it asks this registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pydantic import ValidationError
+
+from imagegate.config import ProviderConfig
+from imagegate.errors import ConfigError
+from imagegate.providers.base import Provider, ProviderContext
+
+# type -> "module:Class"
+_TYPES: dict[str, str] = {
+    "test-pattern": "imagegate.providers.test_pattern:TestPatternProvider",
+}
+
+
+def known_types() -> list[str]:
+    return sorted(_TYPES)
+
+
+def provider_class(type_name: str) -> type[Provider]:
+    try:
+        target = _TYPES[type_name]
+    except KeyError:
+        raise ConfigError(f"unknown provider type {type_name!r} (known: {', '.join(known_types())})") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def validate_provider_options(name: str, config: ProviderConfig):
+    """Check a provider's options with its type's model; ConfigError names the key."""
+    try:
+        cls = provider_class(config.type)
+    except ConfigError as exc:
+        raise ConfigError(f"providers.{name}.type: {exc}") from None
+    try:
+        return cls.options_model.model_validate(config.options())
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"providers.{name}.{loc}: {msg}") from exc
+
+
+def build_provider(name: str, config: ProviderConfig, context: ProviderContext) -> Provider:
+    cls = provider_class(config.type)
+    return cls(name, validate_provider_options(name, config), context)
