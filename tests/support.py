@@ -1,0 +1,127 @@
+"""Test support: real imagegate servers on loopback, and image helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+from openai import OpenAI
+from PIL import Image
+
+from imagegate.app import create_app
+from imagegate.config import load_settings
+
+SIGNING_KEY = "test-signing-key-0123456789abcdef"
+
+# Every catalog model served by the offline test provider, so the per-model
+# rules are exercised through the real server.
+BASE_CONFIG: dict[str, Any] = {
+    "storage": {"signing_key": SIGNING_KEY},
+    "providers": {
+        "demo": {"type": "test-pattern"},
+        # Renders PNG only, at a fixed size: the gateway must convert.
+        "fixed": {"type": "test-pattern", "formats": ["png"], "fixed_size": "640x480"},
+    },
+    "models": {
+        "test-pattern": [{"provider": "demo"}],
+        "dall-e-2": [{"provider": "demo"}],
+        "dall-e-3": [{"provider": "demo"}],
+        "gpt-image-1": [{"provider": "demo"}],
+        "gpt-image-1-mini": [{"provider": "demo"}],
+        "gpt-image-2": [{"provider": "demo"}],
+        "converting": {"rules": "gpt-image-1", "deployments": [{"provider": "fixed"}]},
+    },
+    "default_model": "test-pattern",
+}
+
+
+@dataclass
+class Running:
+    base_url: str
+    data_dir: Path
+
+    def sdk(self, api_key: str = "sk-test", **kwargs: Any) -> OpenAI:
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
+
+
+@contextmanager
+def run_server(config: dict[str, Any], tmp: Path) -> Iterator[Running]:
+    """Start the real app under uvicorn on 127.0.0.1 (a free port), stop it after."""
+    config = {**config, "server": {**config.get("server", {}), "data_dir": str(tmp / "data")}}
+    tmp.mkdir(parents=True, exist_ok=True)
+    config_path = tmp / "imagegate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    settings = load_settings(config_path, environ={})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("imagegate test server did not start")
+        time.sleep(0.01)
+    try:
+        yield Running(f"http://127.0.0.1:{port}", tmp / "data")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+# -- images -------------------------------------------------------------------
+
+
+def make_image(
+    width: int = 64,
+    height: int = 64,
+    fmt: str = "PNG",
+    mode: str = "RGB",
+    color: tuple[int, ...] = (40, 120, 200),
+) -> bytes:
+    img = Image.new(mode, (width, height), color if mode != "RGBA" or len(color) == 4 else (*color, 255))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def make_mask(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
+    """An RGBA mask, opaque everywhere except ``box`` (transparent = edit here)."""
+    img = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    img.paste((0, 0, 0, 0), box)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decode_b64(b64: str) -> Image.Image:
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    img.load()
+    return img
+
+
+def decode_bytes(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
