@@ -64,7 +64,7 @@ def run_server(config: dict[str, Any], tmp: Path) -> Iterator[Running]:
     config = {**config, "server": {**config.get("server", {}), "data_dir": str(tmp / "data")}}
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "imagegate.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(config_path, environ={})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -19,7 +19,8 @@ from imagegate.storage.signing import URL_PATH
 router = APIRouter()
 
 
-@router.api_route(URL_PATH + "/{key}", methods=["GET", "HEAD"], tags=["images"], response_model=None)
+@router.get(URL_PATH + "/{key}", tags=["images"], response_model=None)
+@router.head(URL_PATH + "/{key}", include_in_schema=False, response_model=None)
 async def get_image_file(key: str, http: Request, service: ServiceDep, expires: str = "", signature: str = "") -> Response:
     obj, expiry = await service.open_file(key, expires, signature)
     etag = f'"{obj.key}"'
