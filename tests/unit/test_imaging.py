@@ -1,0 +1,105 @@
+"""Imaging: sniffing, bomb refusal, conversion; and URL signing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegate.contract import catalog
+from imagegate.imaging.convert import Target, conform
+from imagegate.imaging.probe import ImageProbeError, probe
+from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner
+from support import decode_bytes, make_image
+
+BIG = 50_000_000
+
+
+@pytest.mark.parametrize("fmt,name", [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("GIF", "gif")])
+def test_probe_sniffs_format_from_content(fmt: str, name: str) -> None:
+    mode = "P" if fmt == "GIF" else "RGB"
+    color = (3,) if fmt == "GIF" else (1, 2, 3)
+    info = probe(make_image(40, 30, fmt, mode, color), max_pixels=BIG)
+    assert (info.format, info.width, info.height) == (name, 40, 30)
+
+
+def test_probe_alpha() -> None:
+    assert probe(make_image(8, 8, "PNG", "RGBA", (0, 0, 0, 0)), max_pixels=BIG).has_alpha
+    assert not probe(make_image(8, 8, "PNG", "RGB"), max_pixels=BIG).has_alpha
+
+
+def test_probe_refuses_too_many_pixels_before_decoding() -> None:
+    data = make_image(100, 100)
+    with pytest.raises(ImageProbeError) as info:
+        probe(data, max_pixels=9_999)
+    assert info.value.code == "image_too_large"
+
+
+@pytest.mark.parametrize("data,code", [(b"", "invalid_image"), (make_image(64, 64)[:60], "invalid_image"), (b"hello", "invalid_image_format")])
+def test_probe_rejects_garbage(data: bytes, code: str) -> None:
+    with pytest.raises(ImageProbeError) as info:
+        probe(data, max_pixels=BIG)
+    assert info.value.code == code
+
+
+def test_conform_returns_same_bytes_when_nothing_to_do() -> None:
+    data = make_image(64, 64)
+    out, size = conform(data, Target("png", size=(64, 64)), max_pixels=BIG)
+    assert out is data and size == (64, 64)
+
+
+def test_conform_converts_format_size_and_flattens_alpha() -> None:
+    data = make_image(100, 50, "PNG", "RGBA", (255, 0, 0, 0))
+    out, size = conform(data, Target("jpeg", compression=80, size=(64, 64)), max_pixels=BIG)
+    img = decode_bytes(out)
+    assert (img.format, img.size, img.mode, size) == ("JPEG", (64, 64), "RGB", (64, 64))
+    # fully transparent red flattened onto white
+    assert np.asarray(img).mean() > 240
+
+
+def test_conform_keeps_alpha_for_transparent_webp() -> None:
+    data = make_image(32, 32, "PNG", "RGBA", (0, 255, 0, 0))
+    out, _ = conform(data, Target("webp", transparent=True), max_pixels=BIG)
+    img = decode_bytes(out)
+    assert img.format == "WEBP" and img.mode == "RGBA"
+    assert np.asarray(img.getchannel("A")).max() == 0
+
+
+def test_conform_compression_changes_size() -> None:
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG")
+    small, _ = conform(buf.getvalue(), Target("jpeg", compression=10), max_pixels=BIG)
+    large, _ = conform(buf.getvalue(), Target("jpeg", compression=95), max_pixels=BIG)
+    assert len(small) < len(large) / 2
+
+
+def test_catalog_sizes() -> None:
+    gpt2 = catalog.lookup("gpt-image-2")
+    assert gpt2 is not None
+    assert gpt2.allows_size("1536x864") is None
+    assert "multiples of 16" in (gpt2.allows_size("1000x1000") or "")
+    assert "aspect ratio" in (gpt2.allows_size("3840x1152") or "")
+    dalle2 = catalog.lookup("dall-e-2")
+    assert dalle2 is not None and dalle2.allows_size("512x512") is None
+    assert dalle2.allows_size("1024x1536") is not None
+    assert catalog.parse_size("auto") is None and catalog.parse_size("12x34") == (12, 34)
+
+
+def test_signer_round_trip_expiry_and_tampering() -> None:
+    signer = URLSigner(b"k" * 32, ttl_seconds=60)
+    url = signer.url("http://h/", "abc.png", now=1000)
+    query = dict(p.split("=") for p in url.split("?")[1].split("&"))
+    assert url.startswith("http://h/v1/images/files/abc.png?")
+    assert signer.verify("abc.png", query["expires"], query["signature"], now=1059) == 1060
+    with pytest.raises(SignatureExpired):
+        signer.verify("abc.png", query["expires"], query["signature"], now=1061)
+    with pytest.raises(SignatureInvalid):
+        signer.verify("abd.png", query["expires"], query["signature"], now=1000)
+    with pytest.raises(SignatureInvalid):
+        signer.verify("abc.png", "1061", query["signature"], now=1000)
+    with pytest.raises(SignatureInvalid):
+        URLSigner(b"x" * 32, 60).verify("abc.png", query["expires"], query["signature"], now=1000)
