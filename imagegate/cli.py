@@ -53,8 +53,8 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     click.echo(
         f"imagegate {__version__} listening on {url}  (models: {models}; data: {settings.server.data_dir})\n"
         f"  try: curl -s {url}/v1/images/generations -H 'Content-Type: application/json'{key_hint} \\\n"
-        f"         -d '{{\"model\": \"{first}\", \"prompt\": \"a lighthouse at dusk\", \"size\": \"512x512\"}}'\n"
-        f"  or:  OpenAI(base_url=\"{url}/v1\", api_key=\"...\").images.generate(model=\"{first}\", prompt=\"...\")"
+        f'         -d \'{{"model": "{first}", "prompt": "a lighthouse at dusk", "size": "512x512"}}\'\n'
+        f'  or:  OpenAI(base_url="{url}/v1", api_key="...").images.generate(model="{first}", prompt="...")'
     )
     uvicorn.run(app, host=server.host, port=server.port, log_level=settings.server.log_level, access_log=True)
 

@@ -131,9 +131,7 @@ class Settings(_Strict):
     auth: AuthConfig = AuthConfig()
     storage: StorageConfig = StorageConfig()
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
-    models: dict[str, ModelRouteConfig] = {
-        "test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])
-    }
+    models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
     default_model: str | None = None
 
     @model_validator(mode="after")

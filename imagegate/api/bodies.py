@@ -63,11 +63,13 @@ async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormIn
     collect into ``images``; ``mask`` is one file; every other part must be a
     text field, given once. Part file names are ignored entirely."""
     try:
-        form = await request.form(
-            max_files=MAX_IMAGE_PARTS + 2, max_fields=64, max_part_size=MAX_TEXT_PART
-        )
+        form = await request.form(max_files=MAX_IMAGE_PARTS + 2, max_fields=64, max_part_size=MAX_TEXT_PART)
     except (MultiPartException, HTTPException) as exc:
-        detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed body"
+        detail = str(getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed body")
+        if detail.startswith("Too many files"):
+            raise InvalidRequestError(
+                f"Too many files: at most {MAX_IMAGE_PARTS} images and a mask.", param="image", code="too_many_images"
+            ) from exc
         raise InvalidRequestError(f"Could not parse the multipart body: {detail}.", code="invalid_multipart") from exc
     out = FormInput()
     try:

@@ -27,9 +27,7 @@ def require_api_key(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
-        )
+        raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
     digest = _digest(token.strip())
     if not any(hmac.compare_digest(digest, candidate) for candidate in allowed):
         raise AuthenticationError("Incorrect API key provided.")

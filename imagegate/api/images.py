@@ -94,7 +94,9 @@ async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest
     if refs is None:
         raise InvalidRequestError("Missing required parameter: 'images'.", param="images", code="missing_required_parameter")
     if not isinstance(refs, list) or not refs:
-        raise InvalidRequestError("'images' must be a non-empty array of {image_url} objects.", param="images", code="invalid_type")
+        raise InvalidRequestError(
+            "'images' must be a non-empty array of {image_url} objects.", param="images", code="invalid_type"
+        )
     # Check the cheap fields before fetching anything.
     fields = parse_fields("edits", raw, from_form=False)
     name, spec = service.directory.resolve(fields.model, "edits")
@@ -104,11 +106,11 @@ async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest
         raise InvalidRequestError(
             f"Too many images: model '{name}' takes at most {limit}, got {len(refs)}.", param="images", code="too_many_images"
         )
-    images = [(f"images[{i}]", await service.fetcher.load(_ref_url(ref, f"images[{i}]"), f"images[{i}]")) for i, ref in enumerate(refs)]
+    images = [
+        (f"images[{i}]", await service.fetcher.load(_ref_url(ref, f"images[{i}]"), f"images[{i}]")) for i, ref in enumerate(refs)
+    ]
     mask = ("mask", await service.fetcher.load(_ref_url(mask_ref, "mask"), "mask")) if mask_ref is not None else None
-    inputs, mask_image = await load_inputs(
-        "edits", name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels
-    )
+    inputs, mask_image = await load_inputs("edits", name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels)
     return ImageRequest("edits", name, spec, fields, inputs, mask_image)
 
 
@@ -127,7 +129,9 @@ def _ref_url(ref: Any, param: str) -> str:
         raise InvalidRequestError(f"Unknown parameter: '{param}.{name}'.", param=f"{param}.{name}", code="unknown_parameter")
     url = ref.get("image_url")
     if not isinstance(url, str) or not url:
-        raise InvalidRequestError(f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url", code="missing_required_parameter")
+        raise InvalidRequestError(
+            f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url", code="missing_required_parameter"
+        )
     return url
 
 
@@ -148,4 +152,3 @@ async def create_image_variation(http: Request, service: ServiceDep, _: AuthDep)
     form = await read_form(http, file_fields=IMAGE_FIELDS)
     request = await _build(service, "variations", dict(form.fields), from_form=True, images=form.images)
     return await _respond(service, request, http)
-

@@ -12,7 +12,7 @@ the offline ``test-pattern`` model).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MB = 1024 * 1024
 
@@ -99,19 +99,15 @@ class ModelSpec:
     reports_output_meta: bool = False
     # Streaming partial images (stream / partial_images).
     streams: bool = False
-    variation_sizes: tuple[str, ...] = ()
-    notes: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
-    def allows_size(self, size: str, endpoint: str = GENERATIONS) -> str | None:
+    def allows_size(self, size: str) -> str | None:
         """None if ``size`` is fine for this model, else the reason."""
-        sizes = self.variation_sizes if endpoint == VARIATIONS and self.variation_sizes else self.sizes
-        if size in sizes:
+        if size in self.sizes:
             return None
         dims = parse_size(size)
-        if self.free_size is not None and endpoint != VARIATIONS and dims is not None:
+        if self.free_size is not None and dims is not None:
             return self.free_size.check(*dims)
-        listed = ", ".join(f"'{s}'" for s in sizes)
+        listed = ", ".join(f"'{s}'" for s in self.sizes)
         extra = " or WIDTHxHEIGHT within the model's limits" if self.free_size else ""
         return f"supported values are: {listed}{extra}"
 

@@ -19,13 +19,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from imagegate.contract.catalog import (
-    EDITS,
     EXTENSION_FIELDS,
     GPT_IMAGE_FIELDS,
     VARIATIONS,
     ModelSpec,
 )
-from imagegate.contract.requests import FIELDS_BY_ENDPOINT, ImageRequest, InputImage
+from imagegate.contract.requests import FIELDS_BY_ENDPOINT, InputImage
 from imagegate.errors import InvalidImageError, InvalidRequestError, NotFoundError
 from imagegate.imaging.probe import ImageProbeError, probe
 
@@ -123,8 +122,7 @@ class ModelDirectory:
         spec = self._rules.get(name)
         if spec is None:
             raise NotFoundError(
-                f"The model '{name}' does not exist or is not served here. "
-                f"Available: {', '.join(self._rules) or 'none'}.",
+                f"The model '{name}' does not exist or is not served here. Available: {', '.join(self._rules) or 'none'}.",
                 param="model",
                 code="model_not_found",
             )
@@ -176,13 +174,12 @@ def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
         raise InvalidRequestError(
             f"Invalid 'n': model '{name}' supports at most n={spec.n_max}.", param="n", code="integer_above_max_value"
         )
-    if fields.size is not None and (why := spec.allows_size(fields.size, endpoint)):
+    if fields.size is not None and (why := spec.allows_size(fields.size)):
         raise InvalidRequestError(f"Invalid value: '{fields.size}' for 'size' with model '{name}': {why}.", param="size")
     quality = getattr(fields, "quality", None)
     if quality is not None and quality not in spec.qualities:
         raise InvalidRequestError(
-            f"Invalid value: '{quality}'. Supported values for 'quality' with model '{name}' are: "
-            f"{_quote_list(spec.qualities)}.",
+            f"Invalid value: '{quality}'. Supported values for 'quality' with model '{name}' are: {_quote_list(spec.qualities)}.",
             param="quality",
         )
     _check_combinations(fields)
@@ -191,9 +188,7 @@ def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
 def _check_combinations(fields) -> None:
     fmt = getattr(fields, "output_format", None) or "png"
     if getattr(fields, "background", None) == "transparent" and fmt not in ("png", "webp"):
-        raise InvalidRequestError(
-            "Transparent backgrounds need output_format 'png' or 'webp', not 'jpeg'.", param="background"
-        )
+        raise InvalidRequestError("Transparent backgrounds need output_format 'png' or 'webp', not 'jpeg'.", param="background")
     if getattr(fields, "output_compression", None) is not None and fmt not in ("jpeg", "webp"):
         raise InvalidRequestError(
             f"'output_compression' only applies to output_format 'jpeg' or 'webp', not '{fmt}'.",
@@ -265,8 +260,7 @@ async def load_inputs(
             )
         if rule.square and img.info.width != img.info.height:
             raise InvalidImageError(
-                f"Invalid image in '{img.field}': model '{name}' needs a square image, got "
-                f"{img.info.width}x{img.info.height}.",
+                f"Invalid image in '{img.field}': model '{name}' needs a square image, got {img.info.width}x{img.info.height}.",
                 param=img.field,
                 code="invalid_image_dimensions",
             )

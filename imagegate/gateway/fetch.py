@@ -52,9 +52,7 @@ class ImageFetcher:
                     param=param,
                     code="image_url_timeout",
                 ) from None
-        raise InvalidRequestError(
-            "Image URLs must be data: URLs or http(s) URLs.", param=param, code="invalid_image_url"
-        )
+        raise InvalidRequestError("Image URLs must be data: URLs or http(s) URLs.", param=param, code="invalid_image_url")
 
     def _data_url(self, url: str, param: str) -> bytes:
         header, sep, payload = url.partition(",")
@@ -134,13 +132,10 @@ class ImageFetcher:
                     raise self._too_large(param)
                 chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise InvalidRequestError(
-                f"The download of '{param}' broke off.", param=param, code="image_url_unreachable"
-            ) from exc
+            raise InvalidRequestError(f"The download of '{param}' broke off.", param=param, code="image_url_unreachable") from exc
         return b"".join(chunks)
 
     def _too_large(self, param: str) -> InvalidRequestError:
         return InvalidRequestError(
             f"The image at '{param}' is larger than {self.config.max_mb:g} MB.", param=param, code="image_too_large"
         )
-

@@ -67,8 +67,6 @@ def usage_out(usage: Usage | None) -> ImageUsage | None:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens,
-        input_tokens_details=InputTokensDetails(
-            text_tokens=usage.input_text_tokens, image_tokens=usage.input_image_tokens
-        ),
+        input_tokens_details=InputTokensDetails(text_tokens=usage.input_text_tokens, image_tokens=usage.input_image_tokens),
         output_tokens_details=output_details,
     )

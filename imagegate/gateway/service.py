@@ -139,7 +139,9 @@ class ImageService:
     async def _render(self, request: ImageRequest, shaped: Shaped, base_url: str) -> ImageData:
         if request.response_format == "url":
             key = await self.storage.put(shaped.data, shaped.format)
-            return ImageData(url=self.signer.url(self.settings.server.public_url or base_url, key), revised_prompt=shaped.revised_prompt)
+            return ImageData(
+                url=self.signer.url(self.settings.server.public_url or base_url, key), revised_prompt=shaped.revised_prompt
+            )
         return ImageData(b64_json=base64.b64encode(shaped.data).decode("ascii"), revised_prompt=shaped.revised_prompt)
 
     def _response(
@@ -163,8 +165,10 @@ class ImageService:
         except SignatureInvalid:
             raise NotFoundError("No such image: the link is invalid.", code="invalid_signature") from None
         except SignatureExpired:
-            raise GoneError("This image link has expired; image URLs are valid for "
-                            f"{self.signer.ttl_seconds // 60} minutes.", code="url_expired") from None
+            raise GoneError(
+                f"This image link has expired; image URLs are valid for {self.signer.ttl_seconds // 60} minutes.",
+                code="url_expired",
+            ) from None
         obj = await self.storage.get(key)
         if obj is None:
             raise GoneError("This image is no longer stored.", code="url_expired")

@@ -3,14 +3,13 @@
 The file name and the declared content type are never trusted; Pillow reads
 the format from the bytes. Dimensions come from the header, so a
 decompression bomb (a small file declaring huge dimensions) is refused before
-any pixel is decoded. These functions are CPU work: call them off the event
+any pixel is decoded (Pillow's own bomb check stays on as a second line). These functions are CPU work: call them off the event
 loop (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -54,9 +53,7 @@ def probe(data: bytes, *, max_pixels: int, verify: bool = True) -> ImageInfo:
     if not data:
         raise ImageProbeError("the file is empty", "invalid_image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=_OPENABLE)
+        img = Image.open(io.BytesIO(data), formats=_OPENABLE)
     except UnidentifiedImageError as exc:
         raise ImageProbeError("the file is not a recognised image format", "invalid_image_format") from exc
     except Image.DecompressionBombError as exc:
@@ -86,10 +83,8 @@ def decode(data: bytes, *, max_pixels: int) -> Image.Image:
     """Fully decode an image (after the same header checks as :func:`probe`)."""
     probe(data, max_pixels=max_pixels, verify=False)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=_OPENABLE)
-            img.load()
+        img = Image.open(io.BytesIO(data), formats=_OPENABLE)
+        img.load()
     except Exception as exc:
         raise ImageProbeError("the image data is corrupt or truncated", "invalid_image") from exc
     return img

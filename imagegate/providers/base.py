@@ -117,14 +117,12 @@ class Provider(ABC):
         handler = {"generations": self.generate, "edits": self.edit, "variations": self.variation}
         return await handler[request.endpoint](request, deployment)
 
-    async def stream(
-        self, request: ImageRequest, deployment: Deployment
-    ) -> AsyncIterator[PartialImage | ProviderResult]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | ProviderResult]:
         yield await self.run(request, deployment)
 
     async def ready(self) -> bool:
         """Whether the provider can take requests now (for ``/readyz``)."""
         return True
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, models, threads."""

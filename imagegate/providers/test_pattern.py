@@ -227,9 +227,7 @@ class TestPatternProvider(Provider):
 
     generate = edit = variation = run
 
-    async def stream(
-        self, request: ImageRequest, deployment: Deployment
-    ) -> AsyncIterator[PartialImage | ProviderResult]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | ProviderResult]:
         seed = self._seed(request)
         fmt, compressed = self._format(request)
         for index in range(request.partial_images):

@@ -54,7 +54,7 @@ class Storage(ABC):
     async def ready(self) -> bool:
         return True
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and handles."""
 
 

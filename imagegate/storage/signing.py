@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from pathlib import Path
@@ -59,8 +60,10 @@ def load_or_create_key(path: Path) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
-    fd = path.open("x")  # never overwrite a key another process just wrote
-    with fd:
-        fd.write(key.hex())
-    path.chmod(0o600)
+    try:  # O_EXCL: never overwrite a key another process just wrote; 0600 from the start
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.hex())
     return key

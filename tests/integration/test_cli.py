@@ -92,7 +92,9 @@ def test_check_config(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "auth.api_keys.0: environment variable MY_KEY is not set" in missing.stderr
     unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("providers: {demo: {type: test-pattern}}\nmodels: {mystery: {rules: nope, deployments: [{provider: demo}]}}\n")
+    unknown.write_text(
+        "providers: {demo: {type: test-pattern}}\nmodels: {mystery: {rules: nope, deployments: [{provider: demo}]}}\n"
+    )
     r = subprocess.run([*IMAGEGATE, "check-config", str(unknown)], env=_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "models.mystery.rules: no catalog entry 'nope'" in r.stderr
 

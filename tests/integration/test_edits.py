@@ -89,7 +89,10 @@ def test_json_edit_with_data_urls_and_mask(server) -> None:
     body = {
         "model": "gpt-image-1",
         "prompt": "x",
-        "images": [{"image_url": data_url(make_image(128, 128))}, {"image_url": data_url(make_image(32, 32, "JPEG"), "image/jpeg")}],
+        "images": [
+            {"image_url": data_url(make_image(128, 128))},
+            {"image_url": data_url(make_image(32, 32, "JPEG"), "image/jpeg")},
+        ],
         "mask": {"image_url": data_url(make_mask(128, 128, (0, 0, 64, 64)))},
         "output_format": "jpeg",
     }
@@ -147,8 +150,14 @@ def test_json_edit_fetches_http_url_when_private_networks_allowed(make_server, i
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:{port}/cat.png", "http://localhost:{port}/cat.png", "http://[::1]:{port}/cat.png",
-     "http://10.0.0.1/x.png", "http://169.254.169.254/latest/meta-data", "http://0.0.0.0:{port}/cat.png"],
+    [
+        "http://127.0.0.1:{port}/cat.png",
+        "http://localhost:{port}/cat.png",
+        "http://[::1]:{port}/cat.png",
+        "http://10.0.0.1/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0.0.0.0:{port}/cat.png",
+    ],
 )
 def test_json_edit_refuses_non_public_addresses_by_default(server, image_host: str, url: str) -> None:
     port = image_host.rsplit(":", 1)[1]
@@ -165,7 +174,9 @@ SDK_VARIATION_DEPRECATED = pytest.mark.filterwarnings("ignore:deprecated:Depreca
 @SDK_VARIATION_DEPRECATED
 def test_variation(client: OpenAI) -> None:
     src = make_image(256, 256, color=(200, 30, 30))
-    result = client.images.create_variation(model="dall-e-2", image=("v.png", src, "image/png"), n=2, size="512x512", response_format="b64_json")
+    result = client.images.create_variation(
+        model="dall-e-2", image=("v.png", src, "image/png"), n=2, size="512x512", response_format="b64_json"
+    )
     assert len(result.data) == 2
     imgs = [decode_b64(d.b64_json) for d in result.data]
     assert all((i.format, i.size) == ("PNG", (512, 512)) for i in imgs)
@@ -174,6 +185,8 @@ def test_variation(client: OpenAI) -> None:
 
 @SDK_VARIATION_DEPRECATED
 def test_variation_url(client: OpenAI) -> None:
-    result = client.images.create_variation(model="test-pattern", image=io.BytesIO(make_image(64, 64, "JPEG")), response_format="url")
+    result = client.images.create_variation(
+        model="test-pattern", image=io.BytesIO(make_image(64, 64, "JPEG")), response_format="url"
+    )
     r = httpx.get(result.data[0].url)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

@@ -100,9 +100,7 @@ def test_response_format_url_honoured_for_gpt_image_models(client: OpenAI) -> No
 
 def test_gateway_converts_format_and_size_the_provider_cannot_produce(client: OpenAI) -> None:
     # 'converting' is served by a provider that renders PNG at 640x480 only.
-    result = client.images.generate(
-        model="converting", prompt="x", size="1536x1024", output_format="jpeg", output_compression=50
-    )
+    result = client.images.generate(model="converting", prompt="x", size="1536x1024", output_format="jpeg", output_compression=50)
     img = decode_b64(result.data[0].b64_json)
     assert (img.format, img.size) == ("JPEG", (1536, 1024))
     assert result.size == "1536x1024" and result.output_format == "jpeg"
@@ -116,8 +114,12 @@ def test_auto_size_and_free_size(client: OpenAI) -> None:
 
 
 def test_dalle3_style_reaches_the_provider(client: OpenAI) -> None:
-    vivid = decode_b64(client.images.generate(model="dall-e-3", prompt="x", style="vivid", response_format="b64_json").data[0].b64_json)
-    natural = decode_b64(client.images.generate(model="dall-e-3", prompt="x", style="natural", response_format="b64_json").data[0].b64_json)
+    vivid = decode_b64(
+        client.images.generate(model="dall-e-3", prompt="x", style="vivid", response_format="b64_json").data[0].b64_json
+    )
+    natural = decode_b64(
+        client.images.generate(model="dall-e-3", prompt="x", style="natural", response_format="b64_json").data[0].b64_json
+    )
     assert vivid.size == natural.size == (1024, 1024)
     assert not np.array_equal(np.asarray(vivid), np.asarray(natural))
 

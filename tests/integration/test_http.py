@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from support import BASE_CONFIG, SIGNING_KEY, decode_bytes, make_image
+from support import BASE_CONFIG, SIGNING_KEY, decode_bytes
 
 
 def _err(r: httpx.Response) -> dict:
@@ -40,9 +40,7 @@ def test_chunked_body_over_limit_is_413(make_server) -> None:
         for _ in range(40):
             yield b"x" * 65536
 
-    r = httpx.post(
-        f"{running.base_url}/v1/images/generations", content=chunks(), headers={"Content-Type": "application/json"}
-    )
+    r = httpx.post(f"{running.base_url}/v1/images/generations", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert _err(r)["code"] == "request_too_large"
     # the server is still fine afterwards
@@ -95,8 +93,9 @@ def test_disconnect_mid_upload_leaves_the_server_healthy(server) -> None:
         with socket.create_connection((host, port)) as sock:
             sock.sendall(
                 b"POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
-                + b"\x89PNG" + b"\0" * 1000
+                b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+                + b"\x89PNG"
+                + b"\0" * 1000
             )
     r = httpx.post(f"{server.base_url}/v1/images/generations", json={"prompt": "still alive", "size": "256x256"})
     assert r.status_code == 200

@@ -80,11 +80,27 @@ GEN_CASES = [
     ({"prompt": "x", "model": "gpt-image-1", "background": "clear"}, "background", "invalid_value"),
     ({"prompt": "x", "model": "gpt-image-1", "moderation": "high"}, "moderation", "invalid_value"),
     ({"prompt": "x", "response_format": "png"}, "response_format", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "background": "transparent", "output_format": "jpeg"}, "background", "invalid_value"),
+    (
+        {"prompt": "x", "model": "gpt-image-1", "background": "transparent", "output_format": "jpeg"},
+        "background",
+        "invalid_value",
+    ),
     ({"prompt": "x", "model": "gpt-image-1", "output_compression": 50}, "output_compression", "invalid_value"),  # png
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "png", "output_compression": 80}, "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": 101}, "output_compression", "integer_above_max_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": -1}, "output_compression", "integer_below_min_value"),
+    (
+        {"prompt": "x", "model": "gpt-image-1", "output_format": "png", "output_compression": 80},
+        "output_compression",
+        "invalid_value",
+    ),
+    (
+        {"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": 101},
+        "output_compression",
+        "integer_above_max_value",
+    ),
+    (
+        {"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": -1},
+        "output_compression",
+        "integer_below_min_value",
+    ),
     ({"prompt": "x", "model": "gpt-image-1", "partial_images": 4}, "partial_images", "integer_above_max_value"),
     ({"prompt": "x", "model": "gpt-image-1", "stream": "yes"}, "stream", "invalid_type"),
     ({"prompt": "x", "model": "gpt-image-1", "stream": True, "response_format": "url"}, "response_format", "invalid_value"),
@@ -140,31 +156,86 @@ EDIT_CASES = [
     ([("image", ("a.png", PNG, "image/png"))], {"model": "gpt-image-1", "style": "vivid"}, "style", "unknown_parameter"),
     ([("image", ("a.png", PNG, "image/png"))], {"model": "gpt-image-1", "n": "many"}, "n", "invalid_type"),
     ([("image", ("a.png", PNG, "image/png"))], {"model": "gpt-image-1", "stream": "maybe"}, "stream", "invalid_type"),
-    ([("image", ("a.png", PNG, "image/png"))], {"model": "gpt-image-1", "input_fidelity": "max"}, "input_fidelity", "invalid_value"),
-    ([("image", ("a.png", PNG, "image/png"))], {"model": "gpt-image-1-mini", "input_fidelity": "high"}, "input_fidelity", "unsupported_parameter"),
-    ([("image", ("a.png", PNG, "image/png"))], {"model": "dall-e-2", "input_fidelity": "high"}, "input_fidelity", "unsupported_parameter"),
+    (
+        [("image", ("a.png", PNG, "image/png"))],
+        {"model": "gpt-image-1", "input_fidelity": "max"},
+        "input_fidelity",
+        "invalid_value",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png"))],
+        {"model": "gpt-image-1-mini", "input_fidelity": "high"},
+        "input_fidelity",
+        "unsupported_parameter",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png"))],
+        {"model": "dall-e-2", "input_fidelity": "high"},
+        "input_fidelity",
+        "unsupported_parameter",
+    ),
     ([("image", ("a.png", PNG, "image/png"))], {"model": "dall-e-2", "prompt": "x" * 1001}, "prompt", "string_above_max_length"),
     ([("image[]", ("a.png", PNG, "image/png"))] * 17, {"model": "gpt-image-1"}, "image", "too_many_images"),
     ([("image[]", ("a.png", PNG, "image/png"))] * 2, {"model": "dall-e-2"}, "image", "too_many_images"),
+    ([("image[]", ("a.png", PNG, "image/png"))] * 40, {"model": "gpt-image-1"}, "image", "too_many_images"),
     # Sniffed from content: a JPEG named .png is a JPEG.
     ([("image", ("a.png", make_image(256, 256, "JPEG"), "image/png"))], {"model": "dall-e-2"}, "image", "invalid_image_format"),
     ([("image", ("a.png", make_image(256, 128), "image/png"))], {"model": "dall-e-2"}, "image", "invalid_image_dimensions"),
-    ([("image", ("a.gif", make_image(64, 64, "GIF", "P", (1,)), "image/gif"))], {"model": "gpt-image-1"}, "image", "invalid_image_format"),
+    (
+        [("image", ("a.gif", make_image(64, 64, "GIF", "P", (1,)), "image/gif"))],
+        {"model": "gpt-image-1"},
+        "image",
+        "invalid_image_format",
+    ),
     ([("image", ("a.png", b"this is not an image", "image/png"))], {"model": "gpt-image-1"}, "image", "invalid_image_format"),
     ([("image", ("a.png", b"", "image/png"))], {"model": "gpt-image-1"}, "image", "invalid_image"),
     ([("image", ("a.png", PNG[: len(PNG) // 2], "image/png"))], {"model": "gpt-image-1"}, "image", "invalid_image"),
-    ([("image", ("bomb.png", _png_header_only(60000, 60000), "image/png"))], {"model": "gpt-image-1"}, "image", "image_too_large"),
-    ([("image", ("a.png", PNG, "image/png")), ("mask", ("m.jpg", make_image(256, 256, "JPEG"), "image/jpeg"))],
-     {"model": "gpt-image-1"}, "mask", "invalid_image_format"),
-    ([("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", make_image(256, 256), "image/png"))],
-     {"model": "gpt-image-1"}, "mask", "invalid_mask"),
-    ([("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", make_mask(128, 128, (0, 0, 8, 8)), "image/png"))],
-     {"model": "gpt-image-1"}, "mask", "invalid_image_dimensions"),
-    ([("image[]", ("a.png", PNG, "image/png")), ("image[]", ("b.png", b"junk", "image/png"))],
-     {"model": "gpt-image-1"}, "image[1]", "invalid_image_format"),
-    ([("image", ("a.png", PNG, "image/png")), ("prompt", ("p.txt", b"x", "text/plain"))], {"model": "gpt-image-1"}, "prompt", "invalid_type"),
-    ([("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", make_mask(256, 256, (0, 0, 8, 8)), "image/png")),
-      ("mask", ("m.png", make_mask(256, 256, (0, 0, 8, 8)), "image/png"))], {"model": "gpt-image-1"}, "mask", "duplicate_parameter"),
+    (
+        [("image", ("bomb.png", _png_header_only(60000, 60000), "image/png"))],
+        {"model": "gpt-image-1"},
+        "image",
+        "image_too_large",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png")), ("mask", ("m.jpg", make_image(256, 256, "JPEG"), "image/jpeg"))],
+        {"model": "gpt-image-1"},
+        "mask",
+        "invalid_image_format",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", make_image(256, 256), "image/png"))],
+        {"model": "gpt-image-1"},
+        "mask",
+        "invalid_mask",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", make_mask(128, 128, (0, 0, 8, 8)), "image/png"))],
+        {"model": "gpt-image-1"},
+        "mask",
+        "invalid_image_dimensions",
+    ),
+    (
+        [("image[]", ("a.png", PNG, "image/png")), ("image[]", ("b.png", b"junk", "image/png"))],
+        {"model": "gpt-image-1"},
+        "image[1]",
+        "invalid_image_format",
+    ),
+    (
+        [("image", ("a.png", PNG, "image/png")), ("prompt", ("p.txt", b"x", "text/plain"))],
+        {"model": "gpt-image-1"},
+        "prompt",
+        "invalid_type",
+    ),
+    (
+        [
+            ("image", ("a.png", PNG, "image/png")),
+            ("mask", ("m.png", make_mask(256, 256, (0, 0, 8, 8)), "image/png")),
+            ("mask", ("m.png", make_mask(256, 256, (0, 0, 8, 8)), "image/png")),
+        ],
+        {"model": "gpt-image-1"},
+        "mask",
+        "duplicate_parameter",
+    ),
 ]
 
 
@@ -188,7 +259,12 @@ def test_dalle2_edit_image_over_4mb(server) -> None:
     buf = io.BytesIO()
     noise.save(buf, "PNG", compress_level=0)
     assert len(buf.getvalue()) > 4 * MB
-    _expect(_edit(server, [("image", ("big.png", buf.getvalue(), "image/png"))], {"model": "dall-e-2"}), 400, "image", "image_too_large")
+    _expect(
+        _edit(server, [("image", ("big.png", buf.getvalue(), "image/png"))], {"model": "dall-e-2"}),
+        400,
+        "image",
+        "image_too_large",
+    )
 
 
 def test_gpt_image_edit_image_over_50mb(server) -> None:
@@ -232,8 +308,14 @@ VARIATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,data,param,code", VARIATION_CASES, ids=[f"{c[2]}-{c[3]}-{i}" for i, c in enumerate(VARIATION_CASES)])
+@pytest.mark.parametrize(
+    "files,data,param,code", VARIATION_CASES, ids=[f"{c[2]}-{c[3]}-{i}" for i, c in enumerate(VARIATION_CASES)]
+)
 def test_variation_rule(server, files: list, data: dict[str, str], param: str, code: str) -> None:
-    r = httpx.post(f"{server.base_url}/v1/images/variations", files=files or [("model", (None, "dall-e-2"))],
-                   data={"model": "dall-e-2", **data} if files else data, timeout=30)
+    r = httpx.post(
+        f"{server.base_url}/v1/images/variations",
+        files=files or [("model", (None, "dall-e-2"))],
+        data={"model": "dall-e-2", **data} if files else data,
+        timeout=30,
+    )
     _expect(r, 400, param, code)

@@ -37,7 +37,9 @@ def test_probe_refuses_too_many_pixels_before_decoding() -> None:
     assert info.value.code == "image_too_large"
 
 
-@pytest.mark.parametrize("data,code", [(b"", "invalid_image"), (make_image(64, 64)[:60], "invalid_image"), (b"hello", "invalid_image_format")])
+@pytest.mark.parametrize(
+    "data,code", [(b"", "invalid_image"), (make_image(64, 64)[:60], "invalid_image"), (b"hello", "invalid_image_format")]
+)
 def test_probe_rejects_garbage(data: bytes, code: str) -> None:
     with pytest.raises(ImageProbeError) as info:
         probe(data, max_pixels=BIG)
