@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from imagegate.contract.validate import check_rules, load_inputs, parse_fields
 from imagegate.errors import ImagegateError, InvalidRequestError
 from imagegate.gateway.service import ImageService
 
+log = logging.getLogger("imagegate.api")
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 
@@ -66,6 +68,9 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request) -
                 yield sse(event.type, event)
         except ImagegateError as exc:
             yield sse("error", exc.envelope())
+        except Exception:  # the response has started: report in-band, log the details
+            log.exception("stream failed after it started")
+            yield sse("error", ImagegateError("The server had an error while streaming.", code="internal_error").envelope())
         finally:
             await events.aclose()
 

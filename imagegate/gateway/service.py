@@ -26,7 +26,15 @@ from imagegate.contract.validate import ModelDirectory
 from imagegate.errors import ConfigError, GoneError, NotFoundError
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.output import Shaped, shape_images, usage_out
-from imagegate.providers.base import Deployment, PartialImage, Provider, ProviderContext, ProviderResult
+from imagegate.providers.base import (
+    Deployment,
+    ImageMeta,
+    PartialImage,
+    Provider,
+    ProviderContext,
+    ProviderResult,
+    Usage,
+)
 from imagegate.providers.registry import build_provider, provider_class
 from imagegate.storage.base import Storage, StoredObject
 from imagegate.storage.local import LocalStorage
@@ -107,33 +115,33 @@ class ImageService:
     async def stream(self, request: ImageRequest, base_url: str) -> AsyncIterator[StreamEvent]:
         provider, deployment = self._pick(request)
         prefix = _EVENT_PREFIX[request.endpoint]
+        max_pixels = self.settings.server.max_image_pixels
         async for item in provider.stream(request, deployment):
+            (shaped,) = await shape_images(request, [item.image], max_pixels)
             if isinstance(item, PartialImage):
-                (shaped,) = await shape_images(request, [item.image], self.settings.server.max_image_pixels)
-                yield self._event(request, f"{prefix}.partial_image", shaped, None, partial_index=item.index)
-                continue
-            shaped_all = await shape_images(request, item.images, self.settings.server.max_image_pixels)
-            for shaped in shaped_all:
-                yield self._event(request, f"{prefix}.completed", shaped, item)
+                yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
+            else:
+                yield self._event(request, f"{prefix}.completed", shaped, item.meta, item.usage, None)
 
     def _event(
         self,
         request: ImageRequest,
         kind: str,
         shaped: Shaped,
-        result: ProviderResult | None,
-        partial_index: int | None = None,
+        meta: ImageMeta,
+        usage: Usage | None,
+        partial_index: int | None,
     ) -> StreamEvent:
         return StreamEvent(
             type=kind,
             b64_json=base64.b64encode(shaped.data).decode("ascii"),
-            created_at=int(time.time()),
+            created_at=meta.created or int(time.time()),
             size=shaped.size_str,
-            quality=(result.quality if result else None) or request.quality,
-            background=(result.background if result else None) or request.background,
+            quality=meta.quality or request.quality,
+            background=meta.background or request.background,
             output_format=shaped.format,
             partial_image_index=partial_index,
-            usage=usage_out(result.usage) if result else None,
+            usage=usage_out(usage),
         )
 
     async def _render(self, request: ImageRequest, shaped: Shaped, base_url: str) -> ImageData:
@@ -149,13 +157,15 @@ class ImageService:
     ) -> ImagesResponse:
         meta = {}
         if request.spec.reports_output_meta and shaped:
+            background = result.meta.background or request.background
             meta = {
                 "size": shaped[0].size_str,
                 "output_format": shaped[0].format,
-                "quality": result.quality or request.quality,
-                "background": result.background if result.background in ("transparent", "opaque") else None,
+                "quality": result.meta.quality or request.quality,
+                "background": background if background in ("transparent", "opaque") else None,
             }
-        return ImagesResponse(created=int(time.time()), data=data, usage=usage_out(result.usage), **meta)
+        created = result.meta.created or int(time.time())
+        return ImagesResponse(created=created, data=data, usage=usage_out(result.usage), **meta)
 
     # -- hosted files ------------------------------------------------------
 

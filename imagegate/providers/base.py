@@ -15,9 +15,10 @@ Contract:
 * Images may come back in any format and size; the gateway converts them to
   what the client asked for. A provider that already applied
   ``output_compression`` says so in :attr:`GeneratedImage.compressed`.
-* ``stream`` yields :class:`PartialImage` events then the final
-  :class:`ProviderResult`; the default implementation yields only the
-  result, so every provider streams.
+* ``stream`` yields :class:`PartialImage` events and one
+  :class:`CompletedImage` per image, as they become available; the default
+  implementation runs ``run`` and yields the completions, so every provider
+  streams. Usage rides on the last completion.
 * ``deployment`` carries the upstream model name to use (model aliasing).
 * Long CPU work runs off the event loop; cancellation (client gone) must stop
   the work as soon as practical.
@@ -70,18 +71,34 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageMeta:
+    """What the upstream reports about its output ("auto" resolved), when it does."""
+
+    created: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderResult:
     images: list[GeneratedImage]
     usage: Usage | None = None
-    # What the upstream resolved "auto" to, when it says (size, quality, background).
-    quality: str | None = None
-    background: str | None = None
+    meta: ImageMeta = ImageMeta()
 
 
 @dataclass(frozen=True, slots=True)
 class PartialImage:
     index: int  # 0-based partial_image_index
     image: GeneratedImage
+    meta: ImageMeta = ImageMeta()
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedImage:
+    image: GeneratedImage
+    usage: Usage | None = None
+    meta: ImageMeta = ImageMeta()
 
 
 @dataclass(slots=True)
@@ -117,8 +134,11 @@ class Provider(ABC):
         handler = {"generations": self.generate, "edits": self.edit, "variations": self.variation}
         return await handler[request.endpoint](request, deployment)
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | ProviderResult]:
-        yield await self.run(request, deployment)
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+        result = await self.run(request, deployment)
+        last = len(result.images) - 1
+        for i, image in enumerate(result.images):
+            yield CompletedImage(image, result.usage if i == last else None, result.meta)
 
     async def ready(self) -> bool:
         """Whether the provider can take requests now (for ``/readyz``)."""

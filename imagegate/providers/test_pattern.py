@@ -38,8 +38,10 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.imaging.convert import encode
 from imagegate.imaging.probe import decode
 from imagegate.providers.base import (
+    CompletedImage,
     Deployment,
     GeneratedImage,
+    ImageMeta,
     PartialImage,
     Provider,
     ProviderOptions,
@@ -208,10 +210,10 @@ class TestPatternProvider(Provider):
         img = self._render(request, seed)
         return GeneratedImage(encode(img, fmt, request.output_compression), fmt, compressed=compressed)
 
-    def _result(self, request: ImageRequest, images: list[GeneratedImage]) -> ProviderResult:
+    def _meta(self, request: ImageRequest) -> ImageMeta:
         quality = request.quality if request.quality in ("low", "medium", "high") else "medium"
         background = "transparent" if request.background == "transparent" else "opaque"
-        return ProviderResult(images=images, quality=quality, background=background)
+        return ImageMeta(quality=quality, background=background)
 
     async def _one(self, request: ImageRequest, seed: int) -> GeneratedImage:
         if self.options.delay_seconds:
@@ -223,11 +225,11 @@ class TestPatternProvider(Provider):
     async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
         seed = self._seed(request)
         images = [await self._one(request, seed + i) for i in range(request.n)]
-        return self._result(request, images)
+        return ProviderResult(images, meta=self._meta(request))
 
     generate = edit = variation = run
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | ProviderResult]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
         seed = self._seed(request)
         fmt, compressed = self._format(request)
         for index in range(request.partial_images):
@@ -237,5 +239,6 @@ class TestPatternProvider(Provider):
             small = img.resize((max(1, img.width // factor), max(1, img.height // factor)), Image.Resampling.BILINEAR)
             coarse = small.resize(img.size, Image.Resampling.NEAREST)
             data = await asyncio.to_thread(encode, coarse, fmt, request.output_compression)
-            yield PartialImage(index, GeneratedImage(data, fmt, compressed=compressed))
-        yield await self.run(request, deployment)
+            yield PartialImage(index, GeneratedImage(data, fmt, compressed=compressed), self._meta(request))
+        async for completed in super().stream(request, deployment):
+            yield completed
