@@ -45,8 +45,14 @@ class ImagegateError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        status: int | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(message)
+        if status is not None:  # an upstream's own status, passed through
+            self.status = status
+        if type is not None:
+            self.type = type
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code

@@ -38,9 +38,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONBody:
     message = "Not found." if status == 404 else str(exc.detail)
     if status == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
-    err = ImagegateError(message, code=_HTTP_CODES.get(status, "http_error"))
-    err.status = status
-    err.type = "invalid_request_error" if status < 500 else "server_error"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    err = ImagegateError(message, code=_HTTP_CODES.get(status, "http_error"), status=status, type=kind)
     return JSONBody(err.envelope(), status_code=status, headers=dict(exc.headers or {}))
 
 

@@ -99,6 +99,9 @@ class ModelSpec:
     reports_output_meta: bool = False
     # Streaming partial images (stream / partial_images).
     streams: bool = False
+    # Fields the gateway itself implements for this model and does not send
+    # upstream (GPT image models take no response_format: the gateway hosts URLs).
+    gateway_fields: frozenset[str] = frozenset()
 
     def allows_size(self, size: str) -> str | None:
         """None if ``size`` is fine for this model, else the reason."""
@@ -150,6 +153,7 @@ def _gpt_image(name: str, *, input_fidelity: bool = True, free_size: bool = Fals
         mask_max_bytes=50 * MB,
         reports_output_meta=True,
         streams=True,
+        gateway_fields=frozenset({"response_format"}),
     )
 
 

@@ -24,6 +24,7 @@ class Shaped:
     width: int
     height: int
     revised_prompt: str | None
+    resized: bool = False  # the gateway changed the provider's dimensions
 
     @property
     def size_str(self) -> str:
@@ -37,7 +38,8 @@ def _target(request: ImageRequest, image: GeneratedImage) -> Target:
     return Target(
         format=fmt,
         compression=compression,
-        size=parse_size(request.size),
+        # Only a size the client asked for is enforced; otherwise the provider's stands.
+        size=parse_size(request.params.size) if request.params.size else None,
         transparent=request.background == "transparent",
     )
 
@@ -45,10 +47,10 @@ def _target(request: ImageRequest, image: GeneratedImage) -> Target:
 def _shape_one(request: ImageRequest, image: GeneratedImage, max_pixels: int) -> Shaped:
     target = _target(request, image)
     try:
-        data, (width, height) = conform(image.data, target, max_pixels=max_pixels)
+        data, (width, height), resized = conform(image.data, target, max_pixels=max_pixels)
     except ImageProbeError as exc:
         raise UpstreamError(f"The provider returned an unusable image: {exc}.", code="invalid_upstream_image") from exc
-    return Shaped(data, target.format, width, height, image.revised_prompt)
+    return Shaped(data, target.format, width, height, image.revised_prompt, resized)
 
 
 async def shape_images(request: ImageRequest, images: Sequence[GeneratedImage], max_pixels: int) -> list[Shaped]:

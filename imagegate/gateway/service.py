@@ -67,6 +67,11 @@ def _rules_for(settings: Settings, name: str) -> ModelSpec:
     return spec
 
 
+def _size(shaped: Shaped, meta: ImageMeta) -> str:
+    """The upstream's reported size passes through unless the gateway resized."""
+    return shaped.size_str if shaped.resized or not meta.size else meta.size
+
+
 class ImageService:
     def __init__(self, settings: Settings, storage: Storage, signer: URLSigner) -> None:
         self.settings = settings
@@ -136,7 +141,7 @@ class ImageService:
             type=kind,
             b64_json=base64.b64encode(shaped.data).decode("ascii"),
             created_at=meta.created or int(time.time()),
-            size=shaped.size_str,
+            size=_size(shaped, meta),
             quality=meta.quality or request.quality,
             background=meta.background or request.background,
             output_format=shaped.format,
@@ -159,7 +164,7 @@ class ImageService:
         if request.spec.reports_output_meta and shaped:
             background = result.meta.background or request.background
             meta = {
-                "size": shaped[0].size_str,
+                "size": _size(shaped[0], result.meta),
                 "output_format": shaped[0].format,
                 "quality": result.meta.quality or request.quality,
                 "background": background if background in ("transparent", "opaque") else None,

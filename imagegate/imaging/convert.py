@@ -56,8 +56,8 @@ def flatten(img: Image.Image, color: tuple[int, int, int] = (255, 255, 255)) -> 
     return base
 
 
-def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tuple[int, int]]:
-    """Return ``(bytes, (width, height))`` in the target format and size.
+def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tuple[int, int], bool]:
+    """Return ``(bytes, (width, height), resized)`` in the target format and size.
 
     The bytes come back unchanged when format and size already match and no
     compression level was asked for (re-encoding at the same settings would
@@ -65,10 +65,11 @@ def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tup
     info = probe(data, max_pixels=max_pixels, verify=False)
     size_ok = target.size is None or (info.width, info.height) == target.size
     if info.format == target.format and size_ok and target.compression is None:
-        return data, (info.width, info.height)
+        return data, (info.width, info.height), False
     img = decode(data, max_pixels=max_pixels)
-    if target.size is not None and img.size != target.size:
+    resized = target.size is not None and img.size != target.size
+    if resized:
         img = ImageOps.fit(img, target.size, Image.Resampling.LANCZOS)
     if not target.transparent and target.format != "png" and img.mode in ("RGBA", "LA", "P"):
         img = flatten(img)
-    return encode(img, target.format, target.compression), img.size
+    return encode(img, target.format, target.compression), img.size, resized

@@ -43,6 +43,17 @@ class ImageInfo:
         return MIME_TYPES.get(self.format, "application/octet-stream")
 
 
+def sniff_format(data: bytes) -> str | None:
+    """png / jpeg / webp from the magic bytes alone (no parsing), else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
 def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 

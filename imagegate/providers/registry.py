@@ -18,6 +18,7 @@ from imagegate.providers.base import Provider, ProviderContext
 # type -> "module:Class"
 _TYPES: dict[str, str] = {
     "test-pattern": "imagegate.providers.test_pattern:TestPatternProvider",
+    "openai": "imagegate.providers.openai.provider:OpenAIProvider",
 }
 
 

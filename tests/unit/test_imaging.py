@@ -48,22 +48,22 @@ def test_probe_rejects_garbage(data: bytes, code: str) -> None:
 
 def test_conform_returns_same_bytes_when_nothing_to_do() -> None:
     data = make_image(64, 64)
-    out, size = conform(data, Target("png", size=(64, 64)), max_pixels=BIG)
-    assert out is data and size == (64, 64)
+    out, size, resized = conform(data, Target("png", size=(64, 64)), max_pixels=BIG)
+    assert out is data and size == (64, 64) and not resized
 
 
 def test_conform_converts_format_size_and_flattens_alpha() -> None:
     data = make_image(100, 50, "PNG", "RGBA", (255, 0, 0, 0))
-    out, size = conform(data, Target("jpeg", compression=80, size=(64, 64)), max_pixels=BIG)
+    out, size, resized = conform(data, Target("jpeg", compression=80, size=(64, 64)), max_pixels=BIG)
     img = decode_bytes(out)
-    assert (img.format, img.size, img.mode, size) == ("JPEG", (64, 64), "RGB", (64, 64))
+    assert (img.format, img.size, img.mode, size, resized) == ("JPEG", (64, 64), "RGB", (64, 64), True)
     # fully transparent red flattened onto white
     assert np.asarray(img).mean() > 240
 
 
 def test_conform_keeps_alpha_for_transparent_webp() -> None:
     data = make_image(32, 32, "PNG", "RGBA", (0, 255, 0, 0))
-    out, _ = conform(data, Target("webp", transparent=True), max_pixels=BIG)
+    out, _, _ = conform(data, Target("webp", transparent=True), max_pixels=BIG)
     img = decode_bytes(out)
     assert img.format == "WEBP" and img.mode == "RGBA"
     assert np.asarray(img.getchannel("A")).max() == 0
@@ -74,8 +74,8 @@ def test_conform_compression_changes_size() -> None:
     noisy = Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
     buf = io.BytesIO()
     noisy.save(buf, "PNG")
-    small, _ = conform(buf.getvalue(), Target("jpeg", compression=10), max_pixels=BIG)
-    large, _ = conform(buf.getvalue(), Target("jpeg", compression=95), max_pixels=BIG)
+    small, _, _ = conform(buf.getvalue(), Target("jpeg", compression=10), max_pixels=BIG)
+    large, _, _ = conform(buf.getvalue(), Target("jpeg", compression=95), max_pixels=BIG)
     assert len(small) < len(large) / 2
 
 

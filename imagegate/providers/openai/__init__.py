@@ -1,0 +1,1 @@
+"""The OpenAI-compatible upstream provider (``type: openai``)."""

@@ -1,0 +1,200 @@
+"""OpenAI Images API wire format: request bodies out, responses and errors in.
+
+Fidelity rule: the upstream receives exactly the fields the client sent
+(``ImageRequest.sent()``), with only ``model`` replaced by the deployment's
+upstream name; files go byte for byte. Nothing is added or re-defaulted. The
+one exception is a field the catalog marks as the gateway's own for the model
+(``response_format`` on GPT image models, which OpenAI refuses there: the
+gateway hosts the URL itself).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.errors import ImagegateError, UpstreamError
+from imagegate.imaging.probe import sniff_format
+from imagegate.providers.base import GeneratedImage, ImageMeta, ProviderResult, Usage
+
+PATHS = {"generations": "/images/generations", "edits": "/images/edits", "variations": "/images/variations"}
+
+Multipart = tuple[dict[str, str], list[tuple[str, tuple[str, bytes, str]]]]
+
+
+def upstream_fields(request: ImageRequest, upstream_model: str) -> dict[str, Any]:
+    sent = {k: v for k, v in request.sent().items() if k not in request.spec.gateway_fields}
+    return {**sent, "model": upstream_model}
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _file(field: str, image: InputImage, index: int) -> tuple[str, tuple[str, bytes, str]]:
+    name = f"{field.replace('[]', '')}-{index}.{'jpg' if image.info.format == 'jpeg' else image.info.format}"
+    return field, (name, image.data, image.info.mime_type)
+
+
+def multipart(request: ImageRequest, upstream_model: str) -> Multipart:
+    """Fields as text parts; one image as ``image``, several as ``image[]``
+    (as the official SDK sends them); the mask as ``mask``."""
+    data = {k: _form_value(v) for k, v in upstream_fields(request, upstream_model).items()}
+    field = "image" if len(request.images) == 1 else "image[]"
+    files = [_file(field, img, i) for i, img in enumerate(request.images)]
+    if request.mask is not None:
+        files.append(_file("mask", request.mask, 0))
+    return data, files
+
+
+def json_body(request: ImageRequest, upstream_model: str) -> bytes:
+    return orjson.dumps(upstream_fields(request, upstream_model))
+
+
+# -- responses ----------------------------------------------------------------
+
+
+def invalid(provider: str, what: str) -> UpstreamError:
+    return UpstreamError(f"The upstream '{provider}' sent an invalid response: {what}.", code="invalid_upstream_response")
+
+
+def parse_json(provider: str, body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise invalid(provider, f"the body is not JSON ({len(body)} bytes)") from None
+    if not isinstance(data, dict):
+        raise invalid(provider, "the body is not a JSON object")
+    return data
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    inp = raw.get("input_tokens_details") if isinstance(raw.get("input_tokens_details"), dict) else {}
+    out = raw.get("output_tokens_details") if isinstance(raw.get("output_tokens_details"), dict) else None
+    return Usage(
+        input_tokens=_int(raw.get("input_tokens")),
+        output_tokens=_int(raw.get("output_tokens")),
+        total_tokens=_int(raw.get("total_tokens")),
+        input_text_tokens=_int(inp.get("text_tokens")),
+        input_image_tokens=_int(inp.get("image_tokens")),
+        output_image_tokens=_int(out.get("image_tokens")) if out is not None else None,
+        output_text_tokens=_int(out.get("text_tokens")) if out is not None else None,
+    )
+
+
+def parse_meta(raw: dict[str, Any], created_key: str = "created") -> ImageMeta:
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        return value if isinstance(value, str) else None
+
+    created = raw.get(created_key)
+    return ImageMeta(
+        created=created if isinstance(created, int) and not isinstance(created, bool) else None,
+        size=text("size"),
+        quality=text("quality"),
+        background=text("background"),
+    )
+
+
+def decode_image(provider: str, b64: Any, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
+    if not isinstance(b64, str):
+        raise invalid(provider, "an image has no b64_json")
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(provider, "an image's b64_json is not valid base64") from None
+    return image_from_bytes(provider, data, request, revised_prompt)
+
+
+def image_from_bytes(provider: str, data: bytes, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise invalid(provider, "an image is not PNG, JPEG or WebP")
+    return GeneratedImage(
+        data,
+        fmt,
+        revised_prompt=revised_prompt if isinstance(revised_prompt, str) else None,
+        # The upstream applied the compression the client asked for.
+        compressed=request.output_compression is not None,
+    )
+
+
+def result_items(provider: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    items = payload.get("data")
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise invalid(provider, "no 'data' list of images")
+    return items
+
+
+def build_result(images: list[GeneratedImage], payload: dict[str, Any]) -> ProviderResult:
+    return ProviderResult(images, usage=parse_usage(payload.get("usage")), meta=parse_meta(payload))
+
+
+# -- errors -------------------------------------------------------------------
+
+_PASS_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                 "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                 "x-ratelimit-reset-tokens")  # fmt: skip
+
+
+def error_from(provider: str, status: int, body: bytes, headers: dict[str, str]) -> ImagegateError:
+    """Map an upstream error answer to the client's error, faithfully.
+
+    Status, type, code, param and message pass through, with rate-limit
+    headers. Rejected upstream credentials become a 502 that names the
+    provider but repeats nothing of the upstream's message (it may quote the
+    key). A body that is no OpenAI error envelope becomes a 502."""
+    if status in (401, 403):
+        return UpstreamError(
+            f"The upstream '{provider}' rejected this gateway's credentials (HTTP {status}); "
+            "check the provider's api_key in the gateway's configuration.",
+            code="upstream_auth_error",
+        )
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+        return UpstreamError(
+            f"The upstream '{provider}' answered HTTP {status} without an error envelope "
+            f"({headers.get('content-type', 'no content type')}, {len(body)} bytes).",
+            code="invalid_upstream_response",
+        )
+    passed = {k.title(): v for k, v in headers.items() if k.lower() in _PASS_HEADERS}
+    kind = err.get("type") if isinstance(err.get("type"), str) else ("api_error" if status >= 500 else "invalid_request_error")
+    code = err.get("code")
+    param = err.get("param")
+    return ImagegateError(
+        err["message"],
+        status=status,
+        type=kind,
+        code=str(code) if code is not None else None,
+        param=param if isinstance(param, str) else None,
+        headers=passed,
+    )
+
+
+def stream_error(provider: str, payload: dict[str, Any]) -> ImagegateError:
+    """An ``error`` event in an upstream stream (``{"error": {...}}`` or the
+    error object itself)."""
+    err = payload.get("error") if isinstance(payload.get("error"), dict) else payload
+    message = err.get("message") if isinstance(err.get("message"), str) else "The upstream stream failed."
+    code = err.get("code")
+    return UpstreamError(
+        message,
+        code=str(code) if code is not None else "upstream_error",
+        param=err.get("param") if isinstance(err.get("param"), str) else None,
+    )

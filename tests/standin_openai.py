@@ -1,0 +1,202 @@
+"""A stand-in OpenAI Images API upstream on loopback.
+
+It speaks the documented wire protocol (JSON generations, multipart edits and
+variations, ``ImagesResponse``, SSE streams, the error envelope) over real
+HTTP, records every request it receives, and answers either like OpenAI
+would or with the next scripted fault: an error status with envelope, garbage,
+a truncated body, a connection reset, a hang, image URLs, or a stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import http.server
+import io
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any] | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # (field, filename, content type, bytes)
+
+
+@dataclass
+class Fault:
+    kind: str  # status | garbage | truncated | reset | hang | url | stream | json
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    gate: threading.Event | None = None  # stream: wait for it after the first event
+
+
+def png_of(width: int, height: int, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+USAGE = {
+    "total_tokens": 1256,
+    "input_tokens": 200,
+    "output_tokens": 1056,
+    "input_tokens_details": {"text_tokens": 40, "image_tokens": 160},
+    "output_tokens_details": {"image_tokens": 1056, "text_tokens": 0},
+}
+
+
+class OpenAIStandIn:
+    def __init__(self, image: bytes | None = None) -> None:
+        self.image = image or png_of(64, 48)
+        self.received: list[Received] = []
+        self.served: list[bytes] = []  # the image bytes of each success answer
+        self.script: deque[Fault] = deque()
+        self.gate_released_in_time: bool | None = None
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - image URLs handed out by "url" answers
+                if self.path.startswith("/files/"):
+                    self._send(200, standin.image, "image/png")
+                else:
+                    self._send(404, b"{}", "application/json")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()})
+                ctype = self.headers.get("Content-Type", "")
+                if ctype.startswith("application/json"):
+                    rec.json = json.loads(body)
+                elif ctype.startswith("multipart/form-data"):
+                    _parse_multipart(ctype, body, rec)
+                standin.received.append(rec)
+                fault = standin.script.popleft() if standin.script else None
+                standin.answer(self, rec, fault)
+
+            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.Handler = Handler
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> OpenAIStandIn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- answers ---------------------------------------------------------------
+
+    def success_payload(self, rec: Received) -> dict[str, Any]:
+        params = rec.json if rec.json is not None else rec.fields
+        n = int(params.get("n", 1))
+        size = str(params.get("size", "auto"))
+        image = self.image
+        if "x" in size:  # honour the asked size, as the real API does
+            width, height = (int(v) for v in size.split("x"))
+            image = png_of(width, height)
+        self.served.append(image)
+        b64 = base64.b64encode(image).decode()
+        data = [{"b64_json": b64, "revised_prompt": f"revised: {params.get('prompt', '')}"} for _ in range(n)]
+        return {
+            "created": 1_700_000_123,
+            "data": data,
+            "background": "opaque",
+            "output_format": "png",
+            "size": "1024x1024",
+            "quality": "medium",
+            "usage": USAGE,
+        }
+
+    def answer(self, h: Any, rec: Received, fault: Fault | None) -> None:
+        if fault is None or fault.kind == "json":
+            payload = fault.body if fault is not None and fault.body is not None else self.success_payload(rec)
+            h._send(
+                fault.status if fault else 200, json.dumps(payload).encode(), "application/json", fault.headers if fault else None
+            )
+        elif fault.kind == "status":
+            h._send(fault.status, json.dumps(fault.body).encode(), "application/json", fault.headers)
+        elif fault.kind == "garbage":
+            h._send(fault.status, b"<html>upstream proxy error</html>", "text/html")
+        elif fault.kind == "truncated":
+            body = json.dumps(self.success_payload(rec)).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+        elif fault.kind == "reset":
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.close_connection = True
+            h.connection.close()
+        elif fault.kind == "hang":
+            time.sleep(fault.seconds)
+            h.close_connection = True
+        elif fault.kind == "url":
+            self.success_payload(rec)  # picks (and records) the image of the asked size
+            base = self.base_url.removesuffix("/v1")
+            payload = {"created": 1_700_000_124, "data": [{"url": f"{base}/files/img.png", "revised_prompt": "r"}]}
+            h._send(200, json.dumps(payload).encode(), "application/json")
+        elif fault.kind == "stream":
+            self._stream(h, fault)
+
+    def _stream(self, h: Any, fault: Fault) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        h.end_headers()  # no Content-Length: the body ends when the connection closes
+        h.close_connection = True
+        for i, event in enumerate(fault.events):
+            name = event.get("type", "message")
+            h.wfile.write(f"event: {name}\ndata: {json.dumps(event)}\n\n".encode())
+            h.wfile.flush()
+            if i == 0 and fault.gate is not None:
+                self.gate_released_in_time = fault.gate.wait(timeout=15)
+
+
+def _parse_multipart(ctype: str, body: bytes, rec: Received) -> None:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        filename = part.get_filename()
+        payload = part.get_payload(decode=True) or b""
+        if filename is None:
+            rec.fields[name] = payload.decode()
+        else:
+            rec.files.append((name, filename, part.get_content_type(), payload))
