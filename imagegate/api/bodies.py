@@ -11,15 +11,14 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 
+from imagegate.api.multipart import parse_multipart
 from imagegate.errors import InvalidRequestError, UnsupportedMediaTypeError
 
 IMAGE_FIELDS = ("image", "image[]")
 MAX_TEXT_PART = 1024 * 1024  # a prompt of 32000 characters is far below this
 MAX_IMAGE_PARTS = 16
+MAX_TEXT_FIELDS = 64
 
 
 def media_type(request: Request) -> str:
@@ -62,45 +61,45 @@ async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormIn
     """Parse a multipart body. ``image`` and ``image[]`` parts (repeatable)
     collect into ``images``; ``mask`` is one file; every other part must be a
     text field, given once. Part file names are ignored entirely."""
-    try:
-        form = await request.form(max_files=MAX_IMAGE_PARTS + 2, max_fields=64, max_part_size=MAX_TEXT_PART)
-    except (MultiPartException, HTTPException) as exc:
-        detail = str(getattr(exc, "message", None) or getattr(exc, "detail", None) or "malformed body")
-        if detail.startswith("Too many files"):
-            raise InvalidRequestError(
-                f"Too many files: at most {MAX_IMAGE_PARTS} images and a mask.", param="image", code="too_many_images"
-            ) from exc
-        raise InvalidRequestError(f"Could not parse the multipart body: {detail}.", code="invalid_multipart") from exc
+    parts = await parse_multipart(
+        request.headers.get("content-type", ""),
+        request.stream(),
+        max_parts=MAX_IMAGE_PARTS + 1 + MAX_TEXT_FIELDS,
+        max_text_bytes=MAX_TEXT_PART,
+    )
     out = FormInput()
-    try:
-        items = form.multi_items()
-        image_count = sum(1 for name, _ in items if name in IMAGE_FIELDS)
-        for name, value in items:
-            if name in file_fields:
-                if not isinstance(value, UploadFile):
-                    raise InvalidRequestError(
-                        f"Invalid type for '{name}': expected a file upload, but got a text field instead.",
-                        param="image" if name in IMAGE_FIELDS else name,
-                        code="invalid_type",
-                    )
-                data = await value.read()
-                if name == "mask":
-                    if out.mask is not None:
-                        raise InvalidRequestError("Only one 'mask' may be sent.", param="mask", code="duplicate_parameter")
-                    out.mask = ("mask", data)
-                else:
-                    label = "image" if image_count == 1 else f"image[{len(out.images)}]"
-                    out.images.append((label, data))
-                continue
-            if isinstance(value, UploadFile):
+    image_count = sum(1 for p in parts if p.name in IMAGE_FIELDS)
+    if image_count > MAX_IMAGE_PARTS + 1:  # the contract names the model's own limit; this caps memory
+        raise InvalidRequestError(
+            f"Too many images: at most {MAX_IMAGE_PARTS} are accepted.", param="image", code="too_many_images"
+        )
+    for part in parts:
+        name = part.name
+        if name in file_fields:
+            if not part.is_file:
                 raise InvalidRequestError(
-                    f"Invalid type for '{name}': expected a text field, but got a file upload instead.",
-                    param=name,
+                    f"Invalid type for '{name}': expected a file upload, but got a text field instead.",
+                    param="image" if name in IMAGE_FIELDS else name,
                     code="invalid_type",
                 )
-            if name in out.fields:
-                raise InvalidRequestError(f"Parameter '{name}' was sent more than once.", param=name, code="duplicate_parameter")
-            out.fields[name] = value
-    finally:
-        await form.close()
+            if name == "mask":
+                if out.mask is not None:
+                    raise InvalidRequestError("Only one 'mask' may be sent.", param="mask", code="duplicate_parameter")
+                out.mask = ("mask", part.content)
+            else:
+                label = "image" if image_count == 1 else f"image[{len(out.images)}]"
+                out.images.append((label, part.content))
+            continue
+        if part.is_file:
+            raise InvalidRequestError(
+                f"Invalid type for '{name}': expected a text field, but got a file upload instead.",
+                param=name,
+                code="invalid_type",
+            )
+        if name in out.fields:
+            raise InvalidRequestError(f"Parameter '{name}' was sent more than once.", param=name, code="duplicate_parameter")
+        try:
+            out.fields[name] = part.content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"The field '{name}' is not valid UTF-8.", param=name, code="invalid_value") from None
     return out

@@ -1,6 +1,11 @@
 """Post-processing every provider's images go through: make each one the
 format, size and compression the client asked for (off the event loop), and
-turn provider usage into the response's ``usage``."""
+turn provider usage into the response's ``usage``.
+
+The common case is an image that already matches: then only its header is
+read (from the first few KB, even of base64 text) and the image object passes
+through untouched, so its bytes are never decoded or re-encoded.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,21 @@ from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageUsage, InputTokensDetails, OutputTokensDetails
 from imagegate.errors import UpstreamError
-from imagegate.imaging.convert import Target, conform
-from imagegate.imaging.probe import ImageProbeError
+from imagegate.imaging.convert import Target, conform, matches
+from imagegate.imaging.probe import ImageInfo, ImageProbeError, probe
 from imagegate.providers.base import GeneratedImage, Usage
 
 
 @dataclass(frozen=True, slots=True)
 class Shaped:
-    data: bytes
-    format: str
+    image: GeneratedImage
     width: int
     height: int
-    revised_prompt: str | None
     resized: bool = False  # the gateway changed the provider's dimensions
+
+    @property
+    def format(self) -> str:
+        return self.image.format
 
     @property
     def size_str(self) -> str:
@@ -44,13 +51,26 @@ def _target(request: ImageRequest, image: GeneratedImage) -> Target:
     )
 
 
+def _header(image: GeneratedImage, max_pixels: int) -> ImageInfo:
+    try:
+        return probe(image.head(), max_pixels=max_pixels, verify=False)
+    except ImageProbeError as exc:
+        if exc.code == "image_too_large":
+            raise
+        # a header beyond the first KB (a JPEG with large metadata): read it all
+        return probe(image.data, max_pixels=max_pixels, verify=False)
+
+
 def _shape_one(request: ImageRequest, image: GeneratedImage, max_pixels: int) -> Shaped:
     target = _target(request, image)
     try:
+        info = _header(image, max_pixels)
+        if matches(info, target):
+            return Shaped(image, info.width, info.height)
         data, (width, height), resized = conform(image.data, target, max_pixels=max_pixels)
     except ImageProbeError as exc:
         raise UpstreamError(f"The provider returned an unusable image: {exc}.", code="invalid_upstream_image") from exc
-    return Shaped(data, target.format, width, height, image.revised_prompt, resized)
+    return Shaped(image.replace(data, target.format), width, height, resized)
 
 
 async def shape_images(request: ImageRequest, images: Sequence[GeneratedImage], max_pixels: int) -> list[Shaped]:

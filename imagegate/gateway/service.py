@@ -10,7 +10,6 @@ and gets typed responses or stream events back.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import time
@@ -123,6 +122,7 @@ class ImageService:
         max_pixels = self.settings.server.max_image_pixels
         async for item in provider.stream(request, deployment):
             (shaped,) = await shape_images(request, [item.image], max_pixels)
+            await asyncio.to_thread(getattr, shaped.image, "b64")  # encode off the event loop, if needed
             if isinstance(item, PartialImage):
                 yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
             else:
@@ -139,7 +139,7 @@ class ImageService:
     ) -> StreamEvent:
         return StreamEvent(
             type=kind,
-            b64_json=base64.b64encode(shaped.data).decode("ascii"),
+            b64_json=shaped.image.b64,
             created_at=meta.created or int(time.time()),
             size=_size(shaped, meta),
             quality=meta.quality or request.quality,
@@ -151,11 +151,12 @@ class ImageService:
 
     async def _render(self, request: ImageRequest, shaped: Shaped, base_url: str) -> ImageData:
         if request.response_format == "url":
-            key = await self.storage.put(shaped.data, shaped.format)
-            return ImageData(
-                url=self.signer.url(self.settings.server.public_url or base_url, key), revised_prompt=shaped.revised_prompt
-            )
-        return ImageData(b64_json=base64.b64encode(shaped.data).decode("ascii"), revised_prompt=shaped.revised_prompt)
+            data = await asyncio.to_thread(getattr, shaped.image, "data")  # decodes only if the provider gave base64
+            key = await self.storage.put(data, shaped.format)
+            url = self.signer.url(self.settings.server.public_url or base_url, key)
+            return ImageData(url=url, revised_prompt=shaped.image.revised_prompt)
+        b64 = await asyncio.to_thread(getattr, shaped.image, "b64")  # encodes only if the provider gave bytes
+        return ImageData(b64_json=b64, revised_prompt=shaped.image.revised_prompt)
 
     def _response(
         self, request: ImageRequest, result: ProviderResult, shaped: list[Shaped], data: list[ImageData]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from imagegate.imaging.probe import decode, probe
+from imagegate.imaging.probe import ImageInfo, decode, probe
 
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -56,6 +56,14 @@ def flatten(img: Image.Image, color: tuple[int, int, int] = (255, 255, 255)) -> 
     return base
 
 
+def matches(info: ImageInfo, target: Target) -> bool:
+    """Whether an image already is what the target asks (no work to do).
+    An asked compression level always means re-encoding: the gateway cannot
+    tell what level an image was encoded at."""
+    size_ok = target.size is None or (info.width, info.height) == target.size
+    return info.format == target.format and size_ok and target.compression is None
+
+
 def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tuple[int, int], bool]:
     """Return ``(bytes, (width, height), resized)`` in the target format and size.
 
@@ -63,8 +71,7 @@ def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tup
     compression level was asked for (re-encoding at the same settings would
     only cost time and quality)."""
     info = probe(data, max_pixels=max_pixels, verify=False)
-    size_ok = target.size is None or (info.width, info.height) == target.size
-    if info.format == target.format and size_ok and target.compression is None:
+    if matches(info, target):
         return data, (info.width, info.height), False
     img = decode(data, max_pixels=max_pixels)
     resized = target.size is not None and img.size != target.size

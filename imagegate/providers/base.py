@@ -26,6 +26,7 @@ Contract:
 
 from __future__ import annotations
 
+import binascii
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -49,12 +50,54 @@ class Deployment:
     model: str  # the model name to send upstream
 
 
-@dataclass(frozen=True, slots=True)
 class GeneratedImage:
-    data: bytes
-    format: str  # png | jpeg | webp
-    revised_prompt: str | None = None
-    compressed: bool = False  # output_compression already applied upstream
+    """An image from a provider, held in the form the provider had it: raw
+    bytes, or the base64 text an upstream sent. The other form is made only
+    when something needs it, so an image that passes through unchanged is
+    never decoded and re-encoded (for a 2 MB PNG that is most of the
+    gateway's work)."""
+
+    __slots__ = ("_data", "_b64", "format", "revised_prompt", "compressed")
+
+    def __init__(
+        self,
+        data: bytes | None,
+        format: str,  # png | jpeg | webp
+        *,
+        b64: str | None = None,
+        revised_prompt: str | None = None,
+        compressed: bool = False,  # output_compression already applied upstream
+    ) -> None:
+        if data is None and b64 is None:
+            raise ValueError("an image needs bytes or base64 text")
+        self._data = data
+        self._b64 = b64
+        self.format = format
+        self.revised_prompt = revised_prompt
+        self.compressed = compressed
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self._b64 is not None
+            self._data = binascii.a2b_base64(self._b64)
+        return self._data
+
+    @property
+    def b64(self) -> str:
+        if self._b64 is None:
+            self._b64 = binascii.b2a_base64(self.data, newline=False).decode("ascii")
+        return self._b64
+
+    def head(self, size: int = 64 * 1024) -> bytes:
+        """The first ``size`` bytes or so, without decoding the rest."""
+        if self._data is not None:
+            return self._data[:size]
+        assert self._b64 is not None
+        return binascii.a2b_base64(self._b64[: (size // 3) * 4])
+
+    def replace(self, data: bytes, format: str) -> GeneratedImage:
+        return GeneratedImage(data, format, revised_prompt=self.revised_prompt, compressed=self.compressed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,26 @@ def test_malformed_multipart_is_400(server) -> None:
     assert _err(r)["code"] == "invalid_multipart"
 
 
+@pytest.mark.parametrize(
+    "content_type,body,param,code",
+    [
+        ("multipart/form-data", b"--b\r\n", None, "invalid_multipart"),  # no boundary parameter
+        ("multipart/form-data; boundary=b",  # truncated: no closing boundary
+         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhello', None, "invalid_multipart"),
+        ("multipart/form-data; boundary=b",
+         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n\xff\xfe\r\n--b--\r\n', "prompt", "invalid_value"),
+        ("multipart/form-data; boundary=b",
+         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n' + b"x" * (1024 * 1024 + 1) + b"\r\n--b--\r\n",
+         None, "invalid_multipart"),
+    ],
+    ids=["no-boundary", "truncated", "not-utf8", "text-field-over-1MB"],
+)
+def test_multipart_failures(server, content_type: str, body: bytes, param: str | None, code: str) -> None:
+    r = httpx.post(f"{server.base_url}/v1/images/edits", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 400, r.text
+    assert (_err(r)["param"], _err(r)["code"]) == (param, code)
+
+
 def test_unknown_route_and_method_use_the_envelope(server) -> None:
     r = httpx.get(f"{server.base_url}/v1/nothing")
     assert r.status_code == 404 and _err(r)["type"] == "invalid_request_error"

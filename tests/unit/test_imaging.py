@@ -105,3 +105,16 @@ def test_signer_round_trip_expiry_and_tampering() -> None:
         signer.verify("abc.png", "1061", query["signature"], now=1000)
     with pytest.raises(SignatureInvalid):
         URLSigner(b"x" * 32, 60).verify("abc.png", query["expires"], query["signature"], now=1000)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_probe_detects_truncation_of_each_format(fmt: str) -> None:
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, fmt)
+    whole = buf.getvalue()
+    assert probe(whole, max_pixels=BIG).nbytes == len(whole)
+    for cut in (len(whole) // 2, len(whole) - 3):
+        with pytest.raises(ImageProbeError) as info:
+            probe(whole[:cut], max_pixels=BIG)
+        assert info.value.code == "invalid_image"

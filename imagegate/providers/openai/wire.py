@@ -10,7 +10,6 @@ gateway hosts the URL itself).
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Any
 
@@ -109,26 +108,36 @@ def parse_meta(raw: dict[str, Any], created_key: str = "created") -> ImageMeta:
 
 
 def decode_image(provider: str, b64: Any, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
-    if not isinstance(b64, str):
+    """Keep the upstream's base64 text as it is; decode only its head to check
+    it is an image (the gateway decodes the rest only if it must convert)."""
+    if not isinstance(b64, str) or not b64:
         raise invalid(provider, "an image has no b64_json")
+    if len(b64) % 4:
+        raise invalid(provider, "an image's b64_json is not valid base64")
     try:
-        data = base64.b64decode(b64, validate=True)
+        head = binascii.a2b_base64(b64[:4096], strict_mode=True)
     except (binascii.Error, ValueError):
         raise invalid(provider, "an image's b64_json is not valid base64") from None
-    return image_from_bytes(provider, data, request, revised_prompt)
+    return GeneratedImage(None, _format_of(provider, head), b64=b64, **_extras(request, revised_prompt))
 
 
 def image_from_bytes(provider: str, data: bytes, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
-    fmt = sniff_format(data)
+    return GeneratedImage(data, _format_of(provider, data[:64]), **_extras(request, revised_prompt))
+
+
+def _format_of(provider: str, head: bytes) -> str:
+    fmt = sniff_format(head)
     if fmt is None:
         raise invalid(provider, "an image is not PNG, JPEG or WebP")
-    return GeneratedImage(
-        data,
-        fmt,
-        revised_prompt=revised_prompt if isinstance(revised_prompt, str) else None,
+    return fmt
+
+
+def _extras(request: ImageRequest, revised_prompt: Any) -> dict[str, Any]:
+    return {
+        "revised_prompt": revised_prompt if isinstance(revised_prompt, str) else None,
         # The upstream applied the compression the client asked for.
-        compressed=request.output_compression is not None,
-    )
+        "compressed": request.output_compression is not None,
+    }
 
 
 def result_items(provider: str, payload: dict[str, Any]) -> list[dict[str, Any]]:

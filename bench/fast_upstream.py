@@ -1,0 +1,59 @@
+"""A stand-in OpenAI Images upstream that answers instantly (for benchmarks).
+
+Generations and edits get the same prebuilt ``ImagesResponse`` holding one
+realistic ~2 MB 1024x1024 PNG as ``b64_json``; request bodies are read in
+full (as a real server must) and otherwise ignored. Run with uvicorn:
+``python -m uvicorn --app-dir bench fast_upstream:app``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import orjson
+from PIL import Image
+
+
+def realistic_png(seed: int = 0) -> bytes:
+    """1024x1024 RGB PNG of about 2 MB: smooth gradients plus noise, like a photo."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1024, 0:1024]
+    base = np.stack([(x / 4) % 256, (y / 4) % 256, ((x + y) / 8) % 256], axis=-1)
+    noisy = base + rng.normal(0, float(os.environ.get("BENCH_NOISE", "9")), base.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+PNG = realistic_png()
+BODY = orjson.dumps(
+    {
+        "created": 1_700_000_000,
+        "data": [{"b64_json": base64.b64encode(PNG).decode()}],
+        "background": "opaque",
+        "output_format": "png",
+        "size": "1024x1024",
+        "quality": "medium",
+        "usage": {
+            "total_tokens": 1106,
+            "input_tokens": 50,
+            "output_tokens": 1056,
+            "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+        },
+    }
+)
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+
+async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:  # read the whole request body
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
