@@ -99,6 +99,28 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     return float("nan")
 
 
+def reset_peak(pid: int) -> None:
+    """Start a new peak-RSS (VmHWM) window for the process (Linux clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pids: dict[str, int], fn) -> tuple[dict, dict[str, float]]:
+    """Run ``fn()`` and return its result and each process's CPU ms per request."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own = os.times()
+    result = fn()
+    own_after = os.times()
+    cpu = {name: (cpu_seconds(pid) - before[name]) * 1000 / max(1, result["n"]) for name, pid in pids.items()}
+    cpu["client"] = (own_after.user + own_after.system - own.user - own.system) * 1000 / max(1, result["n"])
+    return result, cpu
+
+
 def upload_png(megabytes: float, seed: int = 1) -> bytes:
     """A PNG of about the given size (noise does not compress)."""
     side = int((megabytes * 1024 * 1024 / 3) ** 0.5)
@@ -177,7 +199,9 @@ def main() -> None:
     print(f"upload for edits: {len(edit_png) / 1e6:.2f} MB PNG; big upload: {len(big_png) / 1e6:.1f} MB; "
           f"{os.cpu_count()} CPUs; {opts.seconds:g} s per measurement", flush=True)  # fmt: skip
     results = []
-    with tempfile.TemporaryDirectory() as tmp, start_upstream(up_port), start_gateway(gw_port, upstream, Path(tmp)) as gw:
+    cpu_rows = []
+    with tempfile.TemporaryDirectory() as tmp, start_upstream(up_port) as up, start_gateway(gw_port, upstream, Path(tmp)) as gw:
+        pids = {"upstream": up.pid, "gateway": gw.pid}
         c = opts.concurrency
         for name, kind, conc, url_mode in [
             (f"generations c={c}", "generations", c, False),
@@ -186,10 +210,15 @@ def main() -> None:
             ("edits 2.5MB c=1", "edits", 1, False),
             (f"generations url c={c}", "generations", c, True),
         ]:
-            direct = asyncio.run(load(upstream, kind, conc, opts.seconds, edit_png))
-            through = asyncio.run(load(gateway, kind, conc, opts.seconds, edit_png, url_mode))
+            direct, direct_cpu = measured(pids, lambda: asyncio.run(load(upstream, kind, conc, opts.seconds, edit_png)))
+            reset_peak(gw.pid)
+            through, through_cpu = measured(
+                pids, lambda: asyncio.run(load(gateway, kind, conc, opts.seconds, edit_png, url_mode))
+            )
+            through_cpu["peak_rss"] = rss_mb(gw.pid)
             results.append((name, direct, through))
-        peak = rss_mb(gw.pid)
+            cpu_rows.append((name, direct_cpu, through_cpu))
+        peak = max(row[2]["peak_rss"] for row in cpu_rows[:2])  # generations and edits at c=8
         # a fresh gateway for the one big upload, so its peak is that upload's
         with start_gateway(gw2_port, upstream, Path(tmp)) as gw2:
             before = rss_mb(gw2.pid, "VmRSS")
@@ -206,9 +235,16 @@ def main() -> None:
     print(f"{'':<28} {'direct':>8} {'gateway':>8} {'':>7}  {'direct':>7} {'gateway':>7} {'':>7}  {'direct':>7} {'gateway':>7}")
     for name, direct, through in results:
         print(row(name, direct, through))
+    print()
+    print("CPU ms per request (user+system), independent of how the 2 cores are shared; gateway peak RSS per phase:")
+    print(f"{'':<28} {'client':>8} {'upstream':>9} | {'client':>8} {'upstream':>9} {'gateway':>8} {'peak MB':>8}")
+    for name, direct_cpu, through_cpu in cpu_rows:
+        print(f"{name:<28} {direct_cpu['client']:>8.1f} {direct_cpu['upstream']:>9.1f} | "
+              f"{through_cpu['client']:>8.1f} {through_cpu['upstream']:>9.1f} {through_cpu['gateway']:>8.1f} "
+              f"{through_cpu['peak_rss']:>8.0f}")  # fmt: skip
     big_mb = len(big_png) / (1024 * 1024)
     print()
-    print(f"gateway peak RSS under the load above: {peak:.0f} MB (target < 250 MB)")
+    print(f"gateway peak RSS under generations and edits at c={opts.concurrency}: {peak:.0f} MB (target < 250 MB)")
     print(f"gateway growth for one {big_mb:.0f} MB upload: {growth:.0f} MB = {growth / big_mb:.2f}x its size (target < 3x)")
     gen, edit, gen1 = results[0], results[1], results[2]
     print()

@@ -12,12 +12,12 @@ Redirects are followed by hand, each hop checked the same way.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import ipaddress
 import socket
 
 import httpx
+import pybase64
 
 from imagegate.config import FetchConfig
 from imagegate.errors import InvalidRequestError
@@ -61,7 +61,7 @@ class ImageFetcher:
                 "data: URLs must be base64-encoded (data:image/png;base64,...).", param=param, code="invalid_image_url"
             )
         try:
-            return base64.b64decode(payload, validate=True)
+            return pybase64.b64decode(payload, validate=True)
         except binascii.Error as exc:
             raise InvalidRequestError("The data: URL holds invalid base64.", param=param, code="invalid_image_url") from exc
 

@@ -26,12 +26,12 @@ Contract:
 
 from __future__ import annotations
 
-import binascii
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import pybase64
 from pydantic import BaseModel, ConfigDict
 
 from imagegate.contract.catalog import ModelSpec
@@ -51,11 +51,10 @@ class Deployment:
 
 
 class GeneratedImage:
-    """An image from a provider, held in the form the provider had it: raw
-    bytes, or the base64 text an upstream sent. The other form is made only
-    when something needs it, so an image that passes through unchanged is
-    never decoded and re-encoded (for a 2 MB PNG that is most of the
-    gateway's work)."""
+    """An image from a provider: its bytes, and the base64 text an upstream
+    sent, when it sent one. An image that passes through unchanged goes back
+    to the client as that same text, never re-encoded; the base64 form of
+    bytes is made (SIMD, pybase64) only when a client needs it."""
 
     __slots__ = ("_data", "_b64", "format", "revised_prompt", "compressed")
 
@@ -80,13 +79,13 @@ class GeneratedImage:
     def data(self) -> bytes:
         if self._data is None:
             assert self._b64 is not None
-            self._data = binascii.a2b_base64(self._b64)
+            self._data = pybase64.b64decode(self._b64)
         return self._data
 
     @property
     def b64(self) -> str:
         if self._b64 is None:
-            self._b64 = binascii.b2a_base64(self.data, newline=False).decode("ascii")
+            self._b64 = pybase64.b64encode(self.data).decode("ascii")
         return self._b64
 
     def head(self, size: int = 64 * 1024) -> bytes:
@@ -94,7 +93,7 @@ class GeneratedImage:
         if self._data is not None:
             return self._data[:size]
         assert self._b64 is not None
-        return binascii.a2b_base64(self._b64[: (size // 3) * 4])
+        return pybase64.b64decode(self._b64[: (size // 3) * 4])
 
     def replace(self, data: bytes, format: str) -> GeneratedImage:
         return GeneratedImage(data, format, revised_prompt=self.revised_prompt, compressed=self.compressed)

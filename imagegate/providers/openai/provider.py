@@ -42,6 +42,8 @@ from imagegate.providers.base import (
     ProviderResult,
 )
 from imagegate.providers.openai import wire
+from imagegate.providers.openai.fastjson import loads_images
+from imagegate.providers.transport import AiohttpTransport
 
 _ANY_INPUT = InputRule(frozenset({"png", "webp", "jpeg"}), max_images=16, max_bytes=50 * MB)
 
@@ -106,7 +108,7 @@ class OpenAIProvider(Provider):
             trust_env=False,
             follow_redirects=False,
             timeout=httpx.Timeout(options.timeout_seconds, connect=options.connect_timeout_seconds),
-            limits=httpx.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections),
+            transport=AiohttpTransport(max_connections=options.max_connections),
             headers={"User-Agent": "imagegate", **options.headers},
         )
 
@@ -208,7 +210,7 @@ class OpenAIProvider(Provider):
                 if not event.data or event.data == "[DONE]":
                     continue
                 try:
-                    payload = orjson.loads(event.data)
+                    payload = loads_images(event.data.encode())
                 except orjson.JSONDecodeError:
                     raise wire.invalid(self.name, "a stream event is not JSON") from None
                 if not isinstance(payload, dict):

