@@ -231,7 +231,9 @@ def main() -> None:
             assert r.status_code == 200, r.text
             growth = rss_mb(gw2.pid) - before
     print()
-    print(f"{'':<28} {'req/s':>8} {'req/s':>8} {'ratio':>7}  {'p50 ms':>7} {'p50 ms':>7} {'added':>7}  {'p99 ms':>7} {'p99 ms':>7}  {'errs':>4}")
+    print(
+        f"{'':<28} {'req/s':>8} {'req/s':>8} {'ratio':>7}  {'p50 ms':>7} {'p50 ms':>7} {'added':>7}  {'p99 ms':>7} {'p99 ms':>7}  {'errs':>4}"
+    )
     print(f"{'':<28} {'direct':>8} {'gateway':>8} {'':>7}  {'direct':>7} {'gateway':>7} {'':>7}  {'direct':>7} {'gateway':>7}")
     for name, direct, through in results:
         print(row(name, direct, through))

@@ -92,9 +92,7 @@ class _Collector:
         self._current = None
 
 
-async def parse_multipart(
-    content_type: str, body: AsyncIterator[bytes], *, max_parts: int, max_text_bytes: int
-) -> list[Part]:
+async def parse_multipart(content_type: str, body: AsyncIterator[bytes], *, max_parts: int, max_text_bytes: int) -> list[Part]:
     """All parts of a multipart body, in order. Raises InvalidRequestError."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")

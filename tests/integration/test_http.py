@@ -84,13 +84,24 @@ def test_malformed_multipart_is_400(server) -> None:
     "content_type,body,param,code",
     [
         ("multipart/form-data", b"--b\r\n", None, "invalid_multipart"),  # no boundary parameter
-        ("multipart/form-data; boundary=b",  # truncated: no closing boundary
-         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhello', None, "invalid_multipart"),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n\xff\xfe\r\n--b--\r\n', "prompt", "invalid_value"),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n' + b"x" * (1024 * 1024 + 1) + b"\r\n--b--\r\n",
-         None, "invalid_multipart"),
+        (
+            "multipart/form-data; boundary=b",  # truncated: no closing boundary
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhello',
+            None,
+            "invalid_multipart",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n\xff\xfe\r\n--b--\r\n',
+            "prompt",
+            "invalid_value",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n' + b"x" * (1024 * 1024 + 1) + b"\r\n--b--\r\n",
+            None,
+            "invalid_multipart",
+        ),
     ],
     ids=["no-boundary", "truncated", "not-utf8", "text-field-over-1MB"],
 )

@@ -347,3 +347,22 @@ def test_stream_with_format_conversion(up: OpenAIStandIn, sdk: openai.OpenAI) ->
     assert final.format == "JPEG" and events[-1].output_format == "jpeg"
     original = decode_bytes(up.image).convert("RGB")
     assert np.abs(np.asarray(final).astype(int) - np.asarray(original).astype(int)).mean() < 3
+
+
+# -- indistinguishable ------------------------------------------------------------------
+
+
+def test_sdk_sees_the_same_answer_as_from_the_upstream_directly(up: OpenAIStandIn, sdk: openai.OpenAI) -> None:
+    direct = openai.OpenAI(base_url=up.base_url, api_key=UPSTREAM_KEY, max_retries=0)
+    kwargs = dict(model="gpt-image-1", prompt="a lighthouse", size="1024x1024", quality="medium", n=2)
+    assert sdk.images.generate(**kwargs).model_dump() == direct.images.generate(**kwargs).model_dump()
+    edit = dict(model="gpt-image-1", image=[("a.png", make_image(), "image/png")], prompt="x", size="1024x1536")
+    assert sdk.images.edit(**edit).model_dump() == direct.images.edit(**edit).model_dump()
+    error = Fault("status", 400, {"error": {"message": "bad", "type": "invalid_request_error", "param": "prompt", "code": "x"}})
+    answers = []
+    for client in (sdk, direct):
+        up.script.append(error)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.images.generate(model="gpt-image-1", prompt="x")
+        answers.append((info.value.status_code, info.value.body, info.value.code, info.value.param, info.value.message))
+    assert answers[0] == answers[1]
