@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -177,6 +178,10 @@ async def load(base: str, kind: str, concurrency: int, seconds: float, upload: b
     }
 
 
+def run_load(*args) -> dict:
+    return asyncio.run(load(*args))
+
+
 def row(name: str, direct: dict, gateway: dict) -> str:
     ratio = gateway["rps"] / direct["rps"]
     return (
@@ -210,11 +215,9 @@ def main() -> None:
             ("edits 2.5MB c=1", "edits", 1, False),
             (f"generations url c={c}", "generations", c, True),
         ]:
-            direct, direct_cpu = measured(pids, lambda: asyncio.run(load(upstream, kind, conc, opts.seconds, edit_png)))
+            direct, direct_cpu = measured(pids, partial(run_load, upstream, kind, conc, opts.seconds, edit_png))
             reset_peak(gw.pid)
-            through, through_cpu = measured(
-                pids, lambda: asyncio.run(load(gateway, kind, conc, opts.seconds, edit_png, url_mode))
-            )
+            through, through_cpu = measured(pids, partial(run_load, gateway, kind, conc, opts.seconds, edit_png, url_mode))
             through_cpu["peak_rss"] = rss_mb(gw.pid)
             results.append((name, direct, through))
             cpu_rows.append((name, direct_cpu, through_cpu))
@@ -231,9 +234,8 @@ def main() -> None:
             assert r.status_code == 200, r.text
             growth = rss_mb(gw2.pid) - before
     print()
-    print(
-        f"{'':<28} {'req/s':>8} {'req/s':>8} {'ratio':>7}  {'p50 ms':>7} {'p50 ms':>7} {'added':>7}  {'p99 ms':>7} {'p99 ms':>7}  {'errs':>4}"
-    )
+    head = f"{'req/s':>8} {'req/s':>8} {'ratio':>7}  {'p50 ms':>7} {'p50 ms':>7} {'added':>7}  {'p99 ms':>7} {'p99 ms':>7}"
+    print(f"{'':<28} {head}  {'errs':>4}")
     print(f"{'':<28} {'direct':>8} {'gateway':>8} {'':>7}  {'direct':>7} {'gateway':>7} {'':>7}  {'direct':>7} {'gateway':>7}")
     for name, direct, through in results:
         print(row(name, direct, through))
