@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from imagegate import __version__
-from imagegate.api import files, images, meta
-from imagegate.api.deps import key_digests
+from imagegate.api import admin, files, images, meta
 from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import build_middleware
 from imagegate.config import Settings
@@ -25,6 +24,7 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()  # database migrations
         sweeper = asyncio.create_task(service.sweep_forever(), name="imagegate-sweeper")
         try:
             yield
@@ -42,11 +42,11 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
         middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024)),
     )
     app.state.service = service
-    app.state.api_key_digests = key_digests([k.get_secret_value() for k in settings.auth.api_keys])
-    if not settings.auth.api_keys:
-        log.warning("auth.api_keys is empty: the API accepts requests without a key")
+    if not settings.auth.enforced:
+        log.warning("auth is not enforced (no auth.api_keys or auth.master_key): the API accepts requests without a key")
     install_error_handlers(app)
     app.include_router(images.router)
     app.include_router(files.router)
     app.include_router(meta.router)
+    app.include_router(admin.router)
     return app

@@ -72,7 +72,14 @@ class ServerConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    api_keys: list[SecretStr] = []
+    api_keys: list[SecretStr] = []  # static keys: full access to the images API, no limits
+    master_key: SecretStr | None = None  # the admin key: /admin/* and everything else
+    # Whether requests must carry a valid key. Default: yes when api_keys or
+    # master_key is set; database keys are managed with the master key.
+    required: bool | None = None
+    # Fernet key that encrypts virtual keys (provider credentials) at rest;
+    # make one with `imagegate virtual-keys new-encryption-key`.
+    encryption_key: SecretStr | None = None
 
     @field_validator("api_keys")
     @classmethod
@@ -80,6 +87,80 @@ class AuthConfig(_Strict):
         if any(not key.get_secret_value().strip() for key in keys):
             raise ValueError("an API key is empty")
         return keys
+
+    @field_validator("master_key")
+    @classmethod
+    def _long_master(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < 16:
+            raise ValueError("the master key must be at least 16 characters")
+        return key
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(key.get_secret_value().encode())
+            except ValueError:
+                raise ValueError("not a Fernet key (32 url-safe base64-encoded bytes)") from None
+        return key
+
+    @property
+    def enforced(self) -> bool:
+        return self.required if self.required is not None else bool(self.api_keys or self.master_key)
+
+
+class DatabaseConfig(_Strict):
+    # default: sqlite+aiosqlite:///<server.data_dir>/imagegate.db
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                              ("sqlite://", "sqlite+aiosqlite://")):  # fmt: skip
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(f"unsupported database URL {value!r} (postgresql://... or sqlite:///PATH)")
+        return value
+
+
+class RateLimitConfig(_Strict):
+    # where counters live: memory:// (one process) or redis://HOST:PORT (shared by replicas)
+    storage_url: str = "memory://"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "async+redis://", "async+rediss://")):
+            raise ValueError(f"unsupported rate-limit storage {value!r} (memory:// or redis://...)")
+        return value
+
+
+class PriceConfig(_Strict):
+    """USD. Either per_image (one price, or {"QUALITY SIZE": price, default: price})
+    or token rates per million tokens (image_output_per_1m required)."""
+
+    per_image: float | dict[str, float] | None = None
+    text_input_per_1m: float | None = Field(None, ge=0)
+    image_input_per_1m: float | None = Field(None, ge=0)
+    image_output_per_1m: float | None = Field(None, ge=0)
+    text_output_per_1m: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PriceConfig:
+        tokens = self.image_output_per_1m is not None
+        if tokens == (self.per_image is not None):
+            raise ValueError("give either per_image or image_output_per_1m (with the other token rates)")
+        prices = self.per_image.values() if isinstance(self.per_image, dict) else [self.per_image or 0]
+        if any(p < 0 for p in prices):
+            raise ValueError("prices cannot be negative")
+        return self
 
 
 class StorageConfig(_Strict):
@@ -129,7 +210,10 @@ class ProviderConfig(BaseModel):
 class Settings(_Strict):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     storage: StorageConfig = StorageConfig()
+    pricing: dict[str, PriceConfig] = {}
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
     default_model: str | None = None
@@ -146,6 +230,12 @@ class Settings(_Strict):
         if self.default_model is not None and self.default_model not in self.models:
             raise ValueError(f"default_model: {self.default_model!r} is not in models")
         return self
+
+    @property
+    def database_url(self) -> str:
+        from imagegate.db.engine import default_url
+
+        return self.database.url or default_url(self.server.data_dir)
 
     @property
     def storage_path(self) -> Path:

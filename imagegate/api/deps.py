@@ -1,14 +1,13 @@
-"""Request dependencies: the service, and API-key checking."""
+"""Request dependencies: the service, and who is calling."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from imagegate.errors import AuthenticationError
+from imagegate.accounting.service import Caller
+from imagegate.errors import PermissionDeniedError
 from imagegate.gateway.service import ImageService
 
 
@@ -16,26 +15,33 @@ def get_service(request: Request) -> ImageService:
     return request.app.state.service
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def require_api_key(request: Request) -> None:
-    allowed: list[bytes] = request.app.state.api_key_digests
-    if not allowed:
-        return
+def _secret(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
-    digest = _digest(token.strip())
-    if not any(hmac.compare_digest(digest, candidate) for candidate in allowed):
-        raise AuthenticationError("Incorrect API key provided.")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    portkey = request.headers.get("x-portkey-api-key", "").strip()
+    return portkey or None
 
 
-def key_digests(keys: list[str]) -> list[bytes]:
-    return [_digest(k) for k in keys]
+async def get_caller(request: Request) -> Caller:
+    """Authenticate from ``Authorization: Bearer`` or ``x-portkey-api-key``;
+    ``x-portkey-virtual-key`` names a stored provider credential."""
+    service: ImageService = request.app.state.service
+    virtual = request.headers.get("x-portkey-virtual-key", "").strip() or None
+    return await service.accounting.authenticate(_secret(request), virtual)
+
+
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.is_admin:
+        raise PermissionDeniedError("This endpoint needs the master key or an admin key.", code="admin_required")
+    return caller
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "")
 
 
 ServiceDep = Annotated[ImageService, Depends(get_service)]
-AuthDep = Annotated[None, Depends(require_api_key)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[Caller, Depends(require_admin)]

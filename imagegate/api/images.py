@@ -9,9 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from imagegate.accounting.money import usd_str
+from imagegate.accounting.service import Caller
 from imagegate.api import openapi
 from imagegate.api.bodies import IMAGE_FIELDS, FormInput, read_form, read_json_object, require_media_type
-from imagegate.api.deps import AuthDep, ServiceDep
+from imagegate.api.deps import CallerDep, ServiceDep, request_id
+from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
 from imagegate.api.render import JSONBody, sse
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.validate import check_rules, load_inputs, parse_fields
@@ -48,15 +51,15 @@ async def _build(
     return ImageRequest(endpoint, name, spec, fields, inputs, mask_image)  # type: ignore[arg-type]
 
 
-async def _respond(service: ImageService, request: ImageRequest, http: Request) -> Response:
+async def _respond(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
     if request.stream:
-        return await _stream(service, request, http)
-    result = await service.create(request, _base_url(http))
-    return JSONBody(result)
+        return await _stream(service, request, http, caller)
+    result, cost = await service.create(request, _base_url(http), caller, request_id(http))
+    return JSONBody(result, headers={COST_HEADER: usd_str(cost)})
 
 
-async def _stream(service: ImageService, request: ImageRequest, http: Request) -> Response:
-    events = service.stream(request, _base_url(http))
+async def _stream(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
+    reserved, events = await service.open_stream(request, _base_url(http), caller, request_id(http))
     # The first event is awaited before answering, so a request that fails at
     # once still gets a plain JSON error with the right status.
     first = await anext(events)
@@ -74,17 +77,18 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request) -
         finally:
             await events.aclose()
 
-    return StreamingResponse(
-        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    # The cost is known only when the stream ends (it is in the usage records);
+    # the headers carry what was reserved for it.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", RESERVED_HEADER: usd_str(reserved)}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 @router.post("/generations", openapi_extra=openapi.GENERATIONS, response_model=None)
-async def create_image(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+async def create_image(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "application/json")
     raw = await read_json_object(http)
     request = await _build(service, "generations", raw, from_form=False)
-    return await _respond(service, request, http)
+    return await _respond(service, request, http, caller)
 
 
 async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest:
@@ -141,19 +145,19 @@ def _ref_url(ref: Any, param: str) -> str:
 
 
 @router.post("/edits", openapi_extra=openapi.EDITS, response_model=None)
-async def create_image_edit(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     kind = require_media_type(http, "multipart/form-data", "application/json")
     if kind == "application/json":
         request = await _json_edit(service, await read_json_object(http))
     else:
         form: FormInput = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
         request = await _build(service, "edits", dict(form.fields), from_form=True, images=form.images, mask=form.mask)
-    return await _respond(service, request, http)
+    return await _respond(service, request, http, caller)
 
 
 @router.post("/variations", openapi_extra=openapi.VARIATIONS, response_model=None)
-async def create_image_variation(http: Request, service: ServiceDep, _: AuthDep) -> Response:
+async def create_image_variation(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "multipart/form-data")
     form = await read_form(http, file_fields=IMAGE_FIELDS)
     request = await _build(service, "variations", dict(form.fields), from_form=True, images=form.images)
-    return await _respond(service, request, http)
+    return await _respond(service, request, http, caller)

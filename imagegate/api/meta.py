@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from imagegate.api.deps import AuthDep, ServiceDep
+from imagegate.api.deps import CallerDep, ServiceDep
 from imagegate.api.render import JSONBody
 
 router = APIRouter()
 
 
 @router.get("/v1/models", tags=["models"], response_model=None)
-async def list_models(service: ServiceDep, _: AuthDep) -> JSONBody:
+async def list_models(service: ServiceDep, caller: CallerDep) -> JSONBody:
     data = [
         {
             "id": name,
@@ -20,6 +20,7 @@ async def list_models(service: ServiceDep, _: AuthDep) -> JSONBody:
             "owned_by": service.routes[name].deployments[0].provider,
         }
         for name in service.directory.names()
+        if caller.models is None or name in caller.models
     ]
     return JSONBody({"object": "list", "data": data})
 

@@ -3,7 +3,7 @@
 Order, outermost first:
 
 1. ``RequestIdMiddleware`` - every response, errors included, carries
-   ``x-request-id``.
+   ``x-request-id`` and ``x-imagegate-cost-usd`` (0 unless a request ran).
 2. ``BodyLimitMiddleware`` - a body over ``server.max_body_mb`` gets 413
    before it is read: at once when ``Content-Length`` says so, else as soon
    as the running count passes the limit.
@@ -21,6 +21,9 @@ from imagegate.api.render import JSONBody
 from imagegate.errors import PayloadTooLargeError
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+COST_HEADER = "x-imagegate-cost-usd"
+RESERVED_HEADER = "x-imagegate-cost-reserved-usd"
+_NO_COST = (COST_HEADER.encode(), b"0.000000")
 
 
 class RequestIdMiddleware:
@@ -37,7 +40,12 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                names = {name.lower() for name, _ in headers}
+                # Every response says what it cost; one that did not run a request cost nothing.
+                if COST_HEADER.encode() not in names and RESERVED_HEADER.encode() not in names:
+                    headers.append(_NO_COST)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_id)

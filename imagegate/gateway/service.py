@@ -14,15 +14,18 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from sqlalchemy import text
+
+from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
 from imagegate.config import Settings
 from imagegate.contract import catalog
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
 from imagegate.contract.validate import ModelDirectory
-from imagegate.errors import ConfigError, GoneError, NotFoundError
+from imagegate.errors import ConfigError, GoneError, InvalidRequestError, NotFoundError
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.output import Shaped, shape_images, usage_out
 from imagegate.providers.base import (
@@ -66,14 +69,33 @@ def _rules_for(settings: Settings, name: str) -> ModelSpec:
     return spec
 
 
+def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
+    if more is None or total is None:
+        return more or total
+    return Usage(
+        input_tokens=total.input_tokens + more.input_tokens,
+        output_tokens=total.output_tokens + more.output_tokens,
+        total_tokens=total.total_tokens + more.total_tokens,
+        input_text_tokens=total.input_text_tokens + more.input_text_tokens,
+        input_image_tokens=total.input_image_tokens + more.input_image_tokens,
+        output_image_tokens=(total.output_image_tokens or 0) + (more.output_image_tokens or 0)
+        if total.output_image_tokens is not None or more.output_image_tokens is not None
+        else None,
+        output_text_tokens=(total.output_text_tokens or 0) + (more.output_text_tokens or 0)
+        if total.output_text_tokens is not None or more.output_text_tokens is not None
+        else None,
+    )
+
+
 def _size(shaped: Shaped, meta: ImageMeta) -> str:
     """The upstream's reported size passes through unless the gateway resized."""
     return shaped.size_str if shaped.resized or not meta.size else meta.size
 
 
 class ImageService:
-    def __init__(self, settings: Settings, storage: Storage, signer: URLSigner) -> None:
+    def __init__(self, settings: Settings, storage: Storage, signer: URLSigner, accounting: Accounting) -> None:
         self.settings = settings
+        self.accounting = accounting
         self.created_at = int(time.time())
         self.storage = storage
         self.signer = signer
@@ -101,32 +123,71 @@ class ImageService:
         storage = LocalStorage(root)
         secret = settings.storage.signing_key
         key = secret.get_secret_value().encode() if secret else load_or_create_key(settings.server.data_dir / "signing.key")
-        return cls(settings, storage, URLSigner(key, settings.storage.url_ttl_seconds))
+        return cls(settings, storage, URLSigner(key, settings.storage.url_ttl_seconds), Accounting(settings))
 
     # -- running requests --------------------------------------------------
 
-    def _pick(self, request: ImageRequest) -> tuple[Provider, Deployment]:
-        deployment = next(self._turns[request.model])
-        return self.providers[deployment.provider], deployment
+    async def _pick(self, request: ImageRequest, caller: Caller) -> tuple[Provider, Deployment]:
+        if caller.virtual_key is None:
+            deployment = next(self._turns[request.model])
+            return self.providers[deployment.provider], deployment
+        async with self.accounting.sessions() as session:
+            provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key)
+        for deployment in self.routes[request.model].deployments:
+            if deployment.provider == provider_name:
+                return self.providers[provider_name], replace(deployment, api_key=secret)
+        raise InvalidRequestError(
+            f"The virtual key is for provider '{provider_name}', which does not serve model '{request.model}'.",
+            param="x-portkey-virtual-key",
+            code="virtual_key_mismatch",
+        )
 
-    async def create(self, request: ImageRequest, base_url: str) -> ImagesResponse:
-        provider, deployment = self._pick(request)
-        result = await provider.run(request, deployment)
-        shaped = await shape_images(request, result.images, self.settings.server.max_image_pixels)
-        data = await asyncio.gather(*(self._render(request, s, base_url) for s in shaped))
-        return self._response(request, result, shaped, list(data))
+    async def create(
+        self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
+    ) -> tuple[ImagesResponse, int]:
+        """Run a request; returns the response and its cost in nano-dollars."""
+        provider, deployment = await self._pick(request, caller)
+        admission = await self.accounting.admit(caller, request, deployment, request_id)
+        try:
+            result = await provider.run(request, deployment)
+            shaped = await shape_images(request, result.images, self.settings.server.max_image_pixels)
+            data = await asyncio.gather(*(self._render(request, s, base_url) for s in shaped))
+        except BaseException as exc:  # failed or cancelled: charged nothing
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        cost = await self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta))
+        return self._response(request, result, shaped, list(data)), cost
 
-    async def stream(self, request: ImageRequest, base_url: str) -> AsyncIterator[StreamEvent]:
-        provider, deployment = self._pick(request)
+    async def open_stream(
+        self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
+    ) -> tuple[int, AsyncIterator[StreamEvent]]:
+        """Admit a streaming request; returns the reserved amount and the events.
+        The request is settled when the events end, however they end."""
+        provider, deployment = await self._pick(request, caller)
+        admission = await self.accounting.admit(caller, request, deployment, request_id)
+        return admission.reserved, self._stream(request, provider, deployment, admission)
+
+    async def _stream(
+        self, request: ImageRequest, provider: Provider, deployment: Deployment, admission: Admission
+    ) -> AsyncIterator[StreamEvent]:
         prefix = _EVENT_PREFIX[request.endpoint]
         max_pixels = self.settings.server.max_image_pixels
-        async for item in provider.stream(request, deployment):
-            (shaped,) = await shape_images(request, [item.image], max_pixels)
-            await asyncio.to_thread(getattr, shaped.image, "b64")  # encode off the event loop, if needed
-            if isinstance(item, PartialImage):
-                yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
-            else:
-                yield self._event(request, f"{prefix}.completed", shaped, item.meta, item.usage, None)
+        images, usage, meta = 0, None, ImageMeta()
+        try:
+            async for item in provider.stream(request, deployment):
+                (shaped,) = await shape_images(request, [item.image], max_pixels)
+                await asyncio.to_thread(getattr, shaped.image, "b64")  # encode off the event loop, if needed
+                if isinstance(item, PartialImage):
+                    yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
+                else:
+                    images += 1
+                    usage = _add_usage(usage, item.usage)
+                    meta = item.meta
+                    yield self._event(request, f"{prefix}.completed", shaped, item.meta, item.usage, None)
+        except BaseException as exc:
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        await self.accounting.settle(admission, Outcome(images, usage, meta))
 
     def _event(
         self,
@@ -203,13 +264,26 @@ class ImageService:
 
     # -- lifecycle ---------------------------------------------------------
 
+    async def start(self) -> None:
+        await self.accounting.start()
+
     async def readiness(self) -> dict[str, bool]:
-        checks = {"storage": await self.storage.ready()}
+        checks = {"storage": await self.storage.ready(), "database": await self._database_ready()}
         for name, provider in self.providers.items():
             checks[f"provider:{name}"] = await provider.ready()
         return checks
 
+    async def _database_ready(self) -> bool:
+        try:
+            async with self.accounting.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            log.exception("database not ready")
+            return False
+
     async def aclose(self) -> None:
+        await self.accounting.aclose()
         await self.fetcher.aclose()
         for provider in self.providers.values():
             await provider.aclose()

@@ -48,6 +48,8 @@ class ProviderOptions(BaseModel):
 class Deployment:
     provider: str  # the provider's name in the config
     model: str  # the model name to send upstream
+    # A credential for this call only (a virtual key), instead of the provider's own.
+    api_key: str | None = field(default=None, repr=False)
 
 
 class GeneratedImage:

@@ -171,7 +171,7 @@ def test_health_and_readiness(server) -> None:
     assert httpx.get(f"{server.base_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.base_url}/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"storage": True, "provider:demo": True, "provider:fixed": True}
+    assert ready.json()["checks"] == {"storage": True, "database": True, "provider:demo": True, "provider:fixed": True}
 
 
 def test_openapi_documents_the_image_endpoints(server) -> None:

@@ -119,13 +119,12 @@ class OpenAIProvider(Provider):
 
     def _build(self, request: ImageRequest, deployment: Deployment) -> httpx.Request:
         path = wire.PATHS[request.endpoint]
+        auth = {"Authorization": f"Bearer {deployment.api_key}"} if deployment.api_key else self._auth
         if request.endpoint == GENERATIONS:
             body = wire.json_body(request, deployment.model)
-            return self._client.build_request(
-                "POST", path, content=body, headers={**self._auth, "Content-Type": "application/json"}
-            )
+            return self._client.build_request("POST", path, content=body, headers={**auth, "Content-Type": "application/json"})
         data, files = wire.multipart(request, deployment.model)
-        return self._client.build_request("POST", path, data=data, files=files, headers=self._auth)
+        return self._client.build_request("POST", path, data=data, files=files, headers=auth)
 
     @asynccontextmanager
     async def _exchange(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[httpx.Response]:

@@ -1,0 +1,1 @@
+"""Keys, prices, cost, budgets, rate limits and usage records."""

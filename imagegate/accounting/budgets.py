@@ -1,0 +1,92 @@
+"""Budgets: reserve the worst case at admission, settle to the real cost.
+
+Both steps are single conditional UPDATEs, so concurrent requests can never
+overspend: the database admits a reservation only while
+``spent + reserved + amount <= budget`` holds for the row, and PostgreSQL
+re-checks that condition on the locked row while SQLite serialises writers.
+A key's reservation and its team's commit or fail together.
+
+Budgets run over a period (``total``, ``daily``, ``weekly``, ``monthly``,
+UTC); at the start of a new period, spending starts again from zero.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagegate.db.models import ApiKey, Team
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    now = now.astimezone(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        return day
+    if period == "weekly":
+        return day - timedelta(days=day.weekday())
+    if period == "monthly":
+        return day.replace(day=1)
+    return datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def next_period(period: str, now: datetime) -> datetime | None:
+    start = period_start(period, now)
+    if period == "daily":
+        return start + timedelta(days=1)
+    if period == "weekly":
+        return start + timedelta(days=7)
+    if period == "monthly":
+        return (start + timedelta(days=32)).replace(day=1)
+    return None
+
+
+async def _roll(session: AsyncSession, table: type[ApiKey] | type[Team], ident: object, period: str, now: datetime) -> None:
+    start = period_start(period, now)
+    pk = table.id if table is ApiKey else table.name  # type: ignore[union-attr]
+    await session.execute(
+        update(table)
+        .where(pk == ident, table.budget_period == period, table.period_start < start)
+        .values(spent_nusd=0, period_start=start)
+    )
+
+
+async def _reserve_row(session: AsyncSession, table, ident: object, amount: int) -> bool:  # noqa: ANN001
+    pk = table.id if table is ApiKey else table.name
+    result = await session.execute(
+        update(table)
+        .where(pk == ident)
+        .where((table.budget_nusd.is_(None)) | (table.spent_nusd + table.reserved_nusd + amount <= table.budget_nusd))
+        .values(reserved_nusd=table.reserved_nusd + amount)
+    )
+    return result.rowcount == 1
+
+
+async def reserve(session: AsyncSession, key: ApiKey, amount: int, now: datetime) -> str | None:
+    """Reserve ``amount`` on the key and its team, in the caller's transaction.
+    Returns None when admitted, else which budget refused ("key" or "team")."""
+    await _roll(session, ApiKey, key.id, key.budget_period, now)
+    if not await _reserve_row(session, ApiKey, key.id, amount):
+        return "key"
+    if key.team is not None:
+        team = await session.get(Team, key.team)
+        if team is not None:
+            await _roll(session, Team, team.name, team.budget_period, now)
+            if not await _reserve_row(session, Team, team.name, amount):
+                return "team"
+    return None
+
+
+async def settle(session: AsyncSession, key_id: str, team: str | None, reserved: int, actual: int) -> None:
+    """Release the reservation and charge the real cost (0 for a failure)."""
+    for table, ident in ((ApiKey, key_id), (Team, team)):
+        if ident is None:
+            continue
+        pk = table.id if table is ApiKey else table.name  # type: ignore[union-attr]
+        await session.execute(
+            update(table)
+            .where(pk == ident)
+            .values(reserved_nusd=table.reserved_nusd - reserved, spent_nusd=table.spent_nusd + actual)
+        )

@@ -1,0 +1,244 @@
+"""The accounting service the gateway calls around every request.
+
+* ``authenticate`` - who is calling: the master key, a static key from the
+  config, a database key (with its limits and budget), or nobody (when auth
+  is not enforced).
+* ``admit`` - may this caller run this request now: the key's models, its
+  rate limits, and a budget reservation of the request's worst-case cost.
+  Refusals are recorded as usage rows too.
+* ``settle`` - the request is over: charge its real cost (nothing for a
+  failure or a cancellation), release the reservation, write the usage row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagegate.accounting import budgets, keys
+from imagegate.accounting.money import usd_str
+from imagegate.accounting.prices import BUILTIN, Price, actual, price_from_config, worst_case
+from imagegate.accounting.ratelimit import RateLimiter
+from imagegate.accounting.vault import Vault
+from imagegate.config import Settings
+from imagegate.contract.requests import ImageRequest
+from imagegate.db.engine import make_engine, sessions
+from imagegate.db.migrate import upgrade_async
+from imagegate.db.models import UsageRecord, utcnow
+from imagegate.errors import AuthenticationError, ImagegateError, PermissionDeniedError, RateLimitError
+from imagegate.providers.base import Deployment, ImageMeta, Usage
+
+log = logging.getLogger("imagegate.accounting")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    kind: str  # anonymous | static | master | key
+    key_id: str | None = None
+    team: str | None = None
+    is_admin: bool = False
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    ipm: int | None = None
+    virtual_key: str | None = None
+
+
+ANONYMOUS = Caller("anonymous")
+
+
+@dataclass(slots=True)
+class Admission:
+    caller: Caller
+    request: ImageRequest
+    deployment: Deployment
+    request_id: str
+    price: Price | None
+    reserved: int
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended: images delivered (with usage), or an error status."""
+
+    images: int = 0
+    usage: Usage | None = None
+    meta: ImageMeta = ImageMeta()
+    status: int = 200
+    error_code: str | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, which: str, key: object) -> None:
+        self.which, self.key = which, key
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class Accounting:
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        self.sessions = sessions(self.engine)
+        self.limiter = RateLimiter(settings.rate_limits.storage_url)
+        secret = settings.auth.encryption_key
+        self.vault = Vault(secret.get_secret_value() if secret else None)
+        self._static = [_digest(k.get_secret_value()) for k in settings.auth.api_keys]
+        master = settings.auth.master_key
+        self._master = _digest(master.get_secret_value()) if master else None
+        self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
+
+    async def start(self) -> None:
+        await upgrade_async(self.settings.database_url)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    # -- who --------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None, virtual_key: str | None = None) -> Caller:
+        enforced = self.settings.auth.enforced
+        if not secret:
+            if enforced:
+                raise AuthenticationError(
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-portkey-api-key'."
+                )
+            return Caller("anonymous", virtual_key=virtual_key)
+        digest = _digest(secret)
+        if self._master is not None and hmac.compare_digest(digest, self._master):
+            return Caller("master", is_admin=True, virtual_key=virtual_key)
+        if any(hmac.compare_digest(digest, d) for d in self._static):
+            return Caller("static", virtual_key=virtual_key)
+        async with self.sessions() as session:
+            key = await keys.find_by_secret(session, secret)
+        if key is None:
+            if enforced:
+                raise AuthenticationError("Incorrect API key provided.")
+            return Caller("anonymous", virtual_key=virtual_key)
+        if not key.enabled or key.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
+        if key.expires_at is not None and _aware(key.expires_at) <= utcnow():
+            raise AuthenticationError("This API key has expired.", code="expired_api_key")
+        return Caller(
+            "key",
+            key_id=key.id,
+            team=key.team,
+            is_admin=key.is_admin,
+            models=tuple(key.allowed_models) if key.allowed_models is not None else None,
+            rpm=key.rpm,
+            ipm=key.ipm,
+            virtual_key=virtual_key,
+        )
+
+    # -- prices -------------------------------------------------------------------
+
+    def price_for(self, public: str, upstream: str, rules: str) -> Price | None:
+        for name in (upstream, public, rules):
+            if name in self._prices:
+                return self._prices[name]
+        for name in (upstream, public, rules):
+            if name in BUILTIN:
+                return BUILTIN[name]
+        return None
+
+    # -- admission and settlement -------------------------------------------------
+
+    async def admit(self, caller: Caller, request: ImageRequest, deployment: Deployment, request_id: str) -> Admission:
+        if caller.models is not None and request.model not in caller.models:
+            raise PermissionDeniedError(
+                f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed"
+            )
+        price = self.price_for(request.model, deployment.model, request.spec.name)
+        admission = Admission(caller, request, deployment, request_id, price, 0)
+        if caller.kind != "key" or caller.key_id is None:
+            return admission
+        try:
+            await self.limiter.admit(caller.key_id, caller.rpm, caller.ipm, request.n)
+        except RateLimitError as exc:
+            await self.settle(admission, Outcome(status=429, error_code=exc.code))
+            raise
+        admission.reserved = worst_case(price, request)
+        try:
+            async with self.sessions() as session, session.begin():
+                key = await keys.get_key(session, caller.key_id)
+                refused = await budgets.reserve(session, key, admission.reserved, utcnow())
+                if refused is not None:
+                    raise _Refused(refused, key)  # rolls the key's and the team's reservation back together
+        except _Refused as no:
+            admission.reserved = 0
+            await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
+            raise self._over_budget(no.which, no.key, admission) from None
+        return admission
+
+    def _over_budget(self, which: str, key, admission: Admission) -> RateLimitError:  # noqa: ANN001
+        nxt = budgets.next_period(key.budget_period, utcnow()) if which == "key" else None
+        retry = (nxt - utcnow()).total_seconds() if nxt else 3600.0
+        scope = "this key's" if which == "key" else f"team '{admission.caller.team}''s"
+        err = RateLimitError(
+            f"This request could cost up to ${usd_str(worst_case(admission.price, admission.request))}, "
+            f"more than {scope} remaining budget.",
+            retry_after=retry,
+            code="insufficient_quota",
+        )
+        err.type = "insufficient_quota"
+        return err
+
+    async def settle(self, admission: Admission, outcome: Outcome) -> int:
+        """Charge and record; returns the cost in nano-dollars."""
+        request = admission.request
+        cost = actual(admission.price, request, outcome.images, outcome.usage, outcome.meta) if outcome.status < 400 else None
+        charged = cost.nusd if cost is not None else 0
+        if cost is not None and admission.reserved and charged > admission.reserved:
+            log.warning("request %s cost %s, above its reservation %s", admission.request_id, charged, admission.reserved)
+        caller = admission.caller
+        row = UsageRecord(
+            request_id=admission.request_id,
+            created_at=utcnow(),
+            key_id=caller.key_id,
+            team=caller.team,
+            model=request.model,
+            provider=admission.deployment.provider,
+            upstream_model=admission.deployment.model,
+            endpoint=request.endpoint,
+            n=outcome.images if outcome.status < 400 else request.n,
+            size=outcome.meta.size or request.size,
+            quality=outcome.meta.quality or request.quality,
+            input_text_tokens=cost.input_text_tokens if cost else None,
+            input_image_tokens=cost.input_image_tokens if cost else None,
+            output_tokens=cost.output_tokens if cost else None,
+            cost_nusd=charged,
+            cost_estimated=bool(cost and cost.estimated),
+            latency_ms=int((time.monotonic() - admission.started) * 1000),
+            status=outcome.status,
+            error_code=outcome.error_code,
+        )
+        try:
+            async with self.sessions() as session, session.begin():
+                if caller.key_id is not None and (admission.reserved or charged):
+                    await budgets.settle(session, caller.key_id, caller.team, admission.reserved, charged)
+                session.add(row)
+        except Exception:  # the answer is already made; never lose it over bookkeeping
+            log.exception("could not record usage for request %s", admission.request_id)
+        return charged
+
+
+def outcome_of_error(exc: BaseException) -> Outcome:
+    if isinstance(exc, ImagegateError):
+        return Outcome(status=exc.status, error_code=exc.code)
+    if isinstance(exc, asyncio.CancelledError):
+        return Outcome(status=499, error_code="client_closed_request")
+    return Outcome(status=500, error_code="internal_error")

@@ -1,0 +1,214 @@
+"""``/admin/*``: keys, teams, usage, models and virtual keys.
+
+Only the master key (``auth.master_key``) or a key created with ``admin``
+may call these; any other key gets 403. Key secrets appear once, in the
+answer to their creation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from imagegate.accounting import keys, usage
+from imagegate.accounting.prices import PerImage, PerToken
+from imagegate.api.deps import AdminDep, ServiceDep
+from imagegate.api.render import JSONBody
+from imagegate.errors import InvalidRequestError
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+Period = Literal["total", "daily", "weekly", "monthly"]
+Clearable = Literal["rpm", "ipm", "budget", "models", "expires_at", "team"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyCreate(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    team: str | None = Field(None, max_length=128)
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+    rpm: int | None = Field(None, ge=1)
+    ipm: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Period = "total"
+    admin: bool = False
+
+
+class KeyUpdate(_Body):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    team: str | None = Field(None, max_length=128)
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+    enabled: bool | None = None
+    rpm: int | None = Field(None, ge=1)
+    ipm: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Period | None = None
+    admin: bool | None = None
+    clear: list[Clearable] = []
+
+
+class TeamUpdate(_Body):
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Period | None = None
+    clear_budget: bool = False
+
+
+class VirtualKeyPut(_Body):
+    provider: str
+    secret: str = Field(min_length=1)
+
+
+def _spec(body: KeyCreate | KeyUpdate) -> keys.KeySpec:
+    return keys.KeySpec(
+        name=body.name,
+        team=body.team,
+        models=body.models,
+        expires_at=body.expires_at,
+        enabled=getattr(body, "enabled", None),
+        rpm=body.rpm,
+        ipm=body.ipm,
+        budget_usd=body.budget_usd,
+        budget_period=body.budget_period,
+        is_admin=body.admin,
+    )
+
+
+def _check_models(service: ServiceDep, models: list[str] | None) -> None:
+    unknown = [m for m in models or [] if m not in service.routes]
+    if unknown:
+        raise InvalidRequestError(f"Unknown model {unknown[0]!r}.", param="models", code="model_not_found")
+
+
+@router.post("/keys", status_code=201, response_model=None)
+async def create_key(body: KeyCreate, service: ServiceDep, _: AdminDep) -> JSONBody:
+    _check_models(service, body.models)
+    async with service.accounting.sessions() as session, session.begin():
+        key, secret = await keys.create_key(session, _spec(body))
+        view = keys.key_view(key)
+    return JSONBody({**view, "key": secret}, status_code=201)
+
+
+@router.get("/keys", response_model=None)
+async def list_keys(service: ServiceDep, _: AdminDep, team: str | None = None) -> JSONBody:
+    async with service.accounting.sessions() as session:
+        return JSONBody({"object": "list", "data": [keys.key_view(k) for k in await keys.list_keys(session, team)]})
+
+
+@router.get("/keys/{ref}", response_model=None)
+async def show_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session:
+        return JSONBody(keys.key_view(await keys.get_key(session, ref)))
+
+
+@router.patch("/keys/{ref}", response_model=None)
+async def update_key(ref: str, body: KeyUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
+    _check_models(service, body.models)
+    async with service.accounting.sessions() as session, session.begin():
+        key = await keys.update_key(session, ref, _spec(body), clear=set(body.clear))
+        return JSONBody(keys.key_view(key))
+
+
+@router.delete("/keys/{ref}", response_model=None)
+async def revoke_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session, session.begin():
+        return JSONBody(keys.key_view(await keys.revoke_key(session, ref)))
+
+
+@router.get("/teams", response_model=None)
+async def list_teams(service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session:
+        return JSONBody({"object": "list", "data": [keys.team_view(t) for t in await keys.list_teams(session)]})
+
+
+@router.put("/teams/{name}", response_model=None)
+async def update_team(name: str, body: TeamUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session, session.begin():
+        team = await keys.update_team(session, name, body.budget_usd, body.budget_period, body.clear_budget)
+        return JSONBody(keys.team_view(team))
+
+
+@router.get("/usage", response_model=None)
+async def usage_summary(
+    service: ServiceDep,
+    _: AdminDep,
+    group_by: Annotated[str, Query(description="comma-separated: key, team, model, day, provider, endpoint")] = "key,model,day",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    key: str | None = None,
+    format: Literal["json", "csv"] = "json",
+) -> Response:
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    try:
+        async with service.accounting.sessions() as session:
+            rows = await usage.summarize(session, groups, since, until, key)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="group_by") from exc
+    if format == "csv":
+        return Response(usage.to_csv(rows), media_type="text/csv")
+    return JSONBody({"object": "list", "group_by": groups, "data": rows})
+
+
+def _price_view(price: PerImage | PerToken | None) -> dict[str, Any] | None:
+    from imagegate.accounting.money import usd_str
+
+    if price is None:
+        return None
+    if isinstance(price, PerToken):
+        return {
+            "kind": "tokens",
+            "text_input_per_1m": usd_str(price.text_input * 1_000_000),
+            "image_input_per_1m": usd_str(price.image_input * 1_000_000),
+            "image_output_per_1m": usd_str(price.image_output * 1_000_000),
+            "text_output_per_1m": usd_str(price.text_output * 1_000_000),
+        }
+    table = {f"{q} {s}": usd_str(p) for (q, s), p in price.table.items()}
+    return {"kind": "per_image", "prices": table, "default": usd_str(price.default) if price.default is not None else None}
+
+
+@router.get("/models", response_model=None)
+async def models(service: ServiceDep, _: AdminDep) -> JSONBody:
+    data = []
+    for name, route in service.routes.items():
+        first = route.deployments[0]
+        data.append(
+            {
+                "id": name,
+                "rules": route.rules.name,
+                "endpoints": sorted(route.rules.endpoints),
+                "deployments": [{"provider": d.provider, "model": d.model} for d in route.deployments],
+                "price": _price_view(service.accounting.price_for(name, first.model, route.rules.name)),
+            }
+        )
+    return JSONBody({"object": "list", "data": data})
+
+
+@router.put("/virtual-keys/{name}", response_model=None)
+async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _: AdminDep) -> JSONBody:
+    if body.provider not in service.providers:
+        raise InvalidRequestError(f"No provider named {body.provider!r}.", param="provider")
+    async with service.accounting.sessions() as session, session.begin():
+        row = await service.accounting.vault.put(session, name, body.provider, body.secret)
+        return JSONBody({"name": row.name, "provider": row.provider})
+
+
+@router.get("/virtual-keys", response_model=None)
+async def list_virtual_keys(service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session:
+        rows = await service.accounting.vault.names(session)
+        return JSONBody({"object": "list", "data": [{"name": r.name, "provider": r.provider} for r in rows]})
+
+
+@router.delete("/virtual-keys/{name}", response_model=None)
+async def delete_virtual_key(name: str, service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.sessions() as session, session.begin():
+        await service.accounting.vault.remove(session, name)
+    return JSONBody({"name": name, "deleted": True})
