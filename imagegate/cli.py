@@ -14,7 +14,7 @@ from imagegate.errors import ConfigError
 CONFIG_HELP = "YAML config file (default: $IMAGEGATE_CONFIG, else the embedded defaults)."
 
 
-def _load(path: str | None) -> Settings:
+def load_or_exit(path: str | None) -> Settings:
     try:
         settings = load_settings(path)
         from imagegate.gateway.service import ImageService
@@ -41,7 +41,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 
     from imagegate.app import create_app
 
-    settings = _load(config_path)
+    settings = load_or_exit(config_path)
     server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = settings.model_copy(update={"server": server})
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -63,7 +63,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
     """Validate a config file (and the environment it references); exit 2 if invalid."""
-    settings = _load(path)
+    settings = load_or_exit(path)
     click.echo(
         f"{path}: OK ({len(settings.providers)} provider(s), {len(settings.models)} model(s): {', '.join(settings.models)})"
     )
@@ -73,3 +73,13 @@ def check_config(path: str) -> None:
 def version() -> None:
     """Print the version."""
     click.echo(f"imagegate {__version__}")
+
+
+def _register_admin_commands() -> None:
+    from imagegate.cli_admin import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_admin_commands()

@@ -36,3 +36,12 @@ def make_server(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Running]]
 @pytest.fixture
 def client(server: Running) -> OpenAI:
     return server.sdk()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL on loopback for this test session (see tests/pg.py)."""
+    from pg import postgres_server
+
+    with postgres_server() as url:
+        yield url

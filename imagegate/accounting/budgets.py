@@ -50,6 +50,7 @@ async def _roll(session: AsyncSession, table: type[ApiKey] | type[Team], ident: 
         update(table)
         .where(pk == ident, table.budget_period == period, table.period_start < start)
         .values(spent_nusd=0, period_start=start)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -60,6 +61,7 @@ async def _reserve_row(session: AsyncSession, table, ident: object, amount: int)
         .where(pk == ident)
         .where((table.budget_nusd.is_(None)) | (table.spent_nusd + table.reserved_nusd + amount <= table.budget_nusd))
         .values(reserved_nusd=table.reserved_nusd + amount)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 
@@ -89,4 +91,5 @@ async def settle(session: AsyncSession, key_id: str, team: str | None, reserved:
             update(table)
             .where(pk == ident)
             .values(reserved_nusd=table.reserved_nusd - reserved, spent_nusd=table.spent_nusd + actual)
+            .execution_options(synchronize_session=False)
         )

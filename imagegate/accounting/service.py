@@ -76,8 +76,8 @@ class Outcome:
 
 
 class _Refused(Exception):
-    def __init__(self, which: str, key: object) -> None:
-        self.which, self.key = which, key
+    def __init__(self, which: str, period: str) -> None:
+        self.which, self.period = which, period
 
 
 def _aware(when: datetime) -> datetime:
@@ -159,9 +159,7 @@ class Accounting:
 
     async def admit(self, caller: Caller, request: ImageRequest, deployment: Deployment, request_id: str) -> Admission:
         if caller.models is not None and request.model not in caller.models:
-            raise PermissionDeniedError(
-                f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed"
-            )
+            raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
         price = self.price_for(request.model, deployment.model, request.spec.name)
         admission = Admission(caller, request, deployment, request_id, price, 0)
         if caller.kind != "key" or caller.key_id is None:
@@ -177,15 +175,15 @@ class Accounting:
                 key = await keys.get_key(session, caller.key_id)
                 refused = await budgets.reserve(session, key, admission.reserved, utcnow())
                 if refused is not None:
-                    raise _Refused(refused, key)  # rolls the key's and the team's reservation back together
+                    raise _Refused(refused, key.budget_period)  # rolls the key's and team's reservations back
         except _Refused as no:
             admission.reserved = 0
             await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
-            raise self._over_budget(no.which, no.key, admission) from None
+            raise self._over_budget(no.which, no.period, admission) from None
         return admission
 
-    def _over_budget(self, which: str, key, admission: Admission) -> RateLimitError:  # noqa: ANN001
-        nxt = budgets.next_period(key.budget_period, utcnow()) if which == "key" else None
+    def _over_budget(self, which: str, period: str, admission: Admission) -> RateLimitError:
+        nxt = budgets.next_period(period, utcnow()) if which == "key" else None
         retry = (nxt - utcnow()).total_seconds() if nxt else 3600.0
         scope = "this key's" if which == "key" else f"team '{admission.caller.team}''s"
         err = RateLimitError(

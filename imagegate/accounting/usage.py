@@ -42,17 +42,21 @@ async def summarize(
     columns = _columns(session.bind.dialect.name)  # type: ignore[union-attr]
     keys = [columns[g].label(g) for g in group_by]
     ok = UsageRecord.status < 400
-    query = select(
-        *keys,
-        func.count().label("requests"),
-        func.sum(func.coalesce(UsageRecord.n, 0)).filter(ok).label("images"),
-        func.count().filter(~ok).label("errors"),
-        func.coalesce(func.sum(UsageRecord.cost_nusd), 0).label("cost_nusd"),
-        func.sum(func.coalesce(UsageRecord.input_text_tokens, 0) + func.coalesce(UsageRecord.input_image_tokens, 0)).label(
-            "input_tokens"
-        ),
-        func.sum(func.coalesce(UsageRecord.output_tokens, 0)).label("output_tokens"),
-    ).group_by(*keys).order_by(*keys)
+    query = (
+        select(
+            *keys,
+            func.count().label("requests"),
+            func.sum(func.coalesce(UsageRecord.n, 0)).filter(ok).label("images"),
+            func.count().filter(~ok).label("errors"),
+            func.coalesce(func.sum(UsageRecord.cost_nusd), 0).label("cost_nusd"),
+            func.sum(func.coalesce(UsageRecord.input_text_tokens, 0) + func.coalesce(UsageRecord.input_image_tokens, 0)).label(
+                "input_tokens"
+            ),
+            func.sum(func.coalesce(UsageRecord.output_tokens, 0)).label("output_tokens"),
+        )
+        .group_by(*keys)
+        .order_by(*keys)
+    )
     if since is not None:
         query = query.where(UsageRecord.created_at >= since)
     if until is not None:

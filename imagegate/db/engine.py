@@ -21,11 +21,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API
     cursor.close()
 
 
-def make_engine(url: str) -> AsyncEngine:
+def ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the file but not its directory."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    ensure_sqlite_dir(url)
+    if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=8, max_overflow=8, pool_timeout=60)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -8,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from imagegate.db.engine import ensure_sqlite_dir
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -20,6 +22,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Blocking; runs its own event loop, so call it from a thread when one runs."""
+    ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -142,9 +142,7 @@ class ImageService:
             code="virtual_key_mismatch",
         )
 
-    async def create(
-        self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
-    ) -> tuple[ImagesResponse, int]:
+    async def create(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> tuple[ImagesResponse, int]:
         """Run a request; returns the response and its cost in nano-dollars."""
         provider, deployment = await self._pick(request, caller)
         admission = await self.accounting.admit(caller, request, deployment, request_id)

@@ -1,0 +1,293 @@
+"""Admin commands: ``db``, ``keys``, ``teams``, ``usage``, ``virtual-keys``.
+
+They work on the database named by the config (``database.url``, default the
+SQLite file in ``server.data_dir``), directly, so they work whether or not the
+server runs. The admin REST API (``/admin``) offers the same over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from imagegate.accounting import keys, usage
+from imagegate.accounting.vault import Vault, new_encryption_key
+from imagegate.config import Settings
+from imagegate.db.engine import make_engine, sessions
+from imagegate.db.migrate import upgrade
+from imagegate.errors import ImagegateError
+
+T = TypeVar("T")
+CONFIG = click.option("--config", "config_path", envvar="IMAGEGATE_CONFIG", type=click.Path(dir_okay=False),
+                      help="YAML config file (default: $IMAGEGATE_CONFIG, else the embedded defaults).")  # fmt: skip
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _settings(config_path: str | None) -> Settings:
+    from imagegate.cli import load_or_exit
+
+    return load_or_exit(config_path)
+
+
+def run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Migrate, open a session in a transaction, run ``work(session)``."""
+    upgrade(settings.database_url)
+
+    async def go() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            async with sessions(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(go())
+    except ImagegateError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    elif isinstance(data, list):
+        click.echo(usage.to_table(data) if data else "(none)")
+    else:
+        for k, v in data.items():
+            click.echo(f"{k:>14}: {'' if v is None else v}")
+
+
+def _models(value: str | None) -> list[str] | None:
+    return [m.strip() for m in value.split(",") if m.strip()] if value else None
+
+
+@click.group("db")
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@CONFIG
+def db_upgrade(config_path: str | None) -> None:
+    """Apply the schema migrations (the server also does this at start)."""
+    settings = _settings(config_path)
+    upgrade(settings.database_url)
+    click.echo(f"database at {settings.database_url.split('@')[-1]} is up to date")
+
+
+KEY_OPTIONS = [
+    click.option("--team", help="Team (owner) the key belongs to; team budgets apply too."),
+    click.option("--models", help="Comma-separated models the key may use (default: all)."),
+    click.option("--expires", type=click.DateTime(), help="Expiry (UTC), e.g. 2027-01-31 or 2027-01-31T12:00:00."),
+    click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute."),
+    click.option("--ipm", type=click.IntRange(min=1), help="Images per minute."),
+    click.option("--budget", type=click.FloatRange(min=0), help="Budget in USD for each period."),
+    click.option("--period", type=click.Choice(keys.PERIODS), help="Budget period (default: total)."),
+]
+
+
+def key_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(KEY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """API keys: create, list, show, update, revoke."""
+
+
+@keys_group.command("create")
+@CONFIG
+@click.option("--name", required=True, help="A name for people to recognise the key by.")
+@key_options
+@click.option("--admin", is_flag=True, help="The key may also call /admin.")
+@AS_JSON
+def keys_create(config_path, name, team, models, expires, rpm, ipm, budget, period, admin, as_json) -> None:  # noqa: ANN001
+    """Create a key; its secret is printed once."""
+    spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), rpm=rpm, ipm=ipm,
+                        budget_usd=budget, budget_period=period, is_admin=admin)  # fmt: skip
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        key, secret = await keys.create_key(session, spec)
+        return {**keys.key_view(key), "key": secret}
+
+    view = run_db(_settings(config_path), work)
+    _print(view, as_json)
+    if not as_json:
+        click.echo("\nStore the key now: it is not shown again.", err=True)
+
+
+@keys_group.command("list")
+@CONFIG
+@click.option("--team", help="Only this team's keys.")
+@AS_JSON
+def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
+    """List keys (prefixes only, never secrets)."""
+
+    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
+        return [keys.key_view(k) for k in await keys.list_keys(session, team)]
+
+    rows = run_db(_settings(config_path), work)
+    columns = ("id", "name", "prefix", "team", "enabled", "rpm", "ipm", "budget_usd", "budget_period", "spent_usd")
+    _print(rows if as_json else [{c: r[c] for c in columns} for r in rows], as_json)
+
+
+@keys_group.command("show")
+@CONFIG
+@click.argument("ref")
+@AS_JSON
+def keys_show(config_path: str | None, ref: str, as_json: bool) -> None:
+    """Show one key, by id (key_...) or prefix (ig-...)."""
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        return keys.key_view(await keys.get_key(session, ref))
+
+    _print(run_db(_settings(config_path), work), as_json)
+
+
+@keys_group.command("update")
+@CONFIG
+@click.argument("ref")
+@click.option("--name")
+@key_options
+@click.option("--enable/--disable", default=None, help="Turn the key on or off.")
+@click.option("--clear", multiple=True, type=click.Choice(["rpm", "ipm", "budget", "models", "expires_at", "team"]),
+              help="Remove a limit (repeatable).")  # fmt: skip
+@AS_JSON
+def keys_update(config_path, ref, name, team, models, expires, rpm, ipm, budget, period, enable, clear, as_json) -> None:  # noqa: ANN001
+    """Change a key's limits, budget, models, expiry or state."""
+    spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), enabled=enable,
+                        rpm=rpm, ipm=ipm, budget_usd=budget, budget_period=period)  # fmt: skip
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        return keys.key_view(await keys.update_key(session, ref, spec, clear=set(clear)))
+
+    _print(run_db(_settings(config_path), work), as_json)
+
+
+@keys_group.command("revoke")
+@CONFIG
+@click.argument("ref")
+def keys_revoke(config_path: str | None, ref: str) -> None:
+    """Revoke a key for good."""
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        return keys.key_view(await keys.revoke_key(session, ref))
+
+    view = run_db(_settings(config_path), work)
+    click.echo(f"revoked {view['id']} ({view['prefix']})")
+
+
+@click.group("teams")
+def teams_group() -> None:
+    """Teams and their budgets."""
+
+
+@teams_group.command("list")
+@CONFIG
+@AS_JSON
+def teams_list(config_path: str | None, as_json: bool) -> None:
+    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
+        return [keys.team_view(t) for t in await keys.list_teams(session)]
+
+    _print(run_db(_settings(config_path), work), as_json)
+
+
+@teams_group.command("set")
+@CONFIG
+@click.argument("name")
+@click.option("--budget", type=click.FloatRange(min=0), help="Budget in USD for each period.")
+@click.option("--period", type=click.Choice(keys.PERIODS))
+@click.option("--no-budget", is_flag=True, help="Remove the team's budget.")
+@AS_JSON
+def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  # noqa: ANN001
+    """Create a team or change its budget."""
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        return keys.team_view(await keys.update_team(session, name, budget, period, no_budget))
+
+    _print(run_db(_settings(config_path), work), as_json)
+
+
+@click.command("usage")
+@CONFIG
+@click.option("--by", "group_by", default="key,model,day", show_default=True,
+              help="Comma-separated: key, team, model, day, provider, endpoint.")  # fmt: skip
+@click.option("--since", type=click.DateTime(), help="From this UTC time (inclusive).")
+@click.option("--until", type=click.DateTime(), help="To this UTC time (exclusive).")
+@click.option("--key", "key_id", help="Only this key id.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def usage_command(config_path, group_by, since, until, key_id, fmt) -> None:  # noqa: ANN001
+    """Sum requests, images, tokens and cost."""
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+
+    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
+        try:
+            return await usage.summarize(session, groups, _utc(since), _utc(until), key_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--by") from None
+
+    rows = run_db(_settings(config_path), work)
+    out = {"table": usage.to_table, "csv": usage.to_csv, "json": lambda r: json.dumps(r, indent=2)}[fmt](rows)
+    click.echo(out.rstrip("\n"))
+
+
+@click.group("virtual-keys")
+def vkeys_group() -> None:
+    """Provider credentials stored encrypted, chosen per request with x-portkey-virtual-key."""
+
+
+@vkeys_group.command("new-encryption-key")
+def vkeys_new_key() -> None:
+    """Print a fresh key for auth.encryption_key."""
+    click.echo(new_encryption_key())
+
+
+@vkeys_group.command("add")
+@CONFIG
+@click.argument("name")
+@click.option("--provider", required=True, help="The provider (from the config) the credential is for.")
+@click.option("--secret-env", required=True, help="Environment variable holding the credential (never an argument).")
+def vkeys_add(config_path: str | None, name: str, provider: str, secret_env: str) -> None:
+    import os
+
+    settings = _settings(config_path)
+    if provider not in settings.providers:
+        raise click.BadParameter(f"no provider named {provider!r}", param_hint="--provider")
+    secret = os.environ.get(secret_env)
+    if not secret:
+        raise click.BadParameter(f"{secret_env} is not set", param_hint="--secret-env")
+    key = settings.auth.encryption_key
+    vault = Vault(key.get_secret_value() if key else None)
+    run_db(settings, lambda session: vault.put(session, name, provider, secret))
+    click.echo(f"stored virtual key {name!r} for provider {provider!r}")
+
+
+@vkeys_group.command("list")
+@CONFIG
+def vkeys_list(config_path: str | None) -> None:
+    rows = run_db(_settings(config_path), lambda session: Vault(None).names(session))
+    _print([{"name": r.name, "provider": r.provider} for r in rows], False)
+
+
+@vkeys_group.command("remove")
+@CONFIG
+@click.argument("name")
+def vkeys_remove(config_path: str | None, name: str) -> None:
+    run_db(_settings(config_path), lambda session: Vault(None).remove(session, name))
+    click.echo(f"removed virtual key {name!r}")
+
+
+COMMANDS = [db, keys_group, teams_group, usage_command, vkeys_group]

@@ -1,0 +1,136 @@
+"""Costs against OpenAI's published prices, to the nano-dollar."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from imagegate.accounting.money import to_nano, usd_str
+from imagegate.accounting.prices import BUILTIN, actual, price_from_config, worst_case
+from imagegate.contract import catalog
+from imagegate.contract.requests import EditFields, GenerationFields, ImageRequest, InputImage
+from imagegate.imaging.probe import ImageInfo
+from imagegate.providers.base import ImageMeta, Usage
+
+
+def gen(model: str, **fields) -> ImageRequest:
+    spec = catalog.lookup(model)
+    assert spec is not None
+    return ImageRequest("generations", model, spec, GenerationFields(prompt=fields.pop("prompt", "abcd"), **fields))
+
+
+def usd(value: str) -> int:
+    return to_nano(Decimal(value))
+
+
+@pytest.mark.parametrize("size,price", [("256x256", "0.016"), ("512x512", "0.018"), ("1024x1024", "0.020")])
+def test_dalle2_per_image(size: str, price: str) -> None:
+    req = gen("dall-e-2", size=size, n=3)
+    assert actual(BUILTIN["dall-e-2"], req, 3, None, ImageMeta()).nusd == 3 * usd(price)
+    assert worst_case(BUILTIN["dall-e-2"], req) == 3 * usd(price)
+
+
+@pytest.mark.parametrize(
+    "quality,size,price",
+    [("standard", "1024x1024", "0.04"), ("standard", "1792x1024", "0.08"), ("standard", "1024x1792", "0.08"),
+     ("hd", "1024x1024", "0.08"), ("hd", "1792x1024", "0.12"), ("hd", "1024x1792", "0.12")],
+)  # fmt: skip
+def test_dalle3_per_image(quality: str, size: str, price: str) -> None:
+    req = gen("dall-e-3", size=size, quality=quality)
+    assert actual(BUILTIN["dall-e-3"], req, 1, None, ImageMeta()).nusd == usd(price)
+
+
+def test_dalle3_defaults_are_standard_1024() -> None:
+    assert actual(BUILTIN["dall-e-3"], gen("dall-e-3"), 1, None, ImageMeta()).nusd == usd("0.04")
+    assert worst_case(BUILTIN["dall-e-3"], gen("dall-e-3", quality="auto")) == usd("0.08")  # could be hd
+    assert worst_case(BUILTIN["dall-e-3"], gen("dall-e-3", quality="hd", size="1792x1024")) == usd("0.12")
+
+
+# Published output cost per image (tokens x image output rate), 1024x1024 / 1024x1536 / 1536x1024.
+PUBLISHED = {
+    "gpt-image-1": {"low": ("0.01088", "0.01632", "0.016"), "medium": ("0.04224", "0.06336", "0.06272"),
+                    "high": ("0.1664", "0.2496", "0.24832")},
+    "gpt-image-1.5": {"low": ("0.008704", "0.013056", "0.0128"), "medium": ("0.033792", "0.050688", "0.050176"),
+                      "high": ("0.13312", "0.19968", "0.198656")},
+    "gpt-image-1-mini": {"low": ("0.002176", "0.003264", "0.0032"), "medium": ("0.008448", "0.012672", "0.012544"),
+                         "high": ("0.03328", "0.04992", "0.049664")},
+}  # fmt: skip
+TEXT_RATE = {"gpt-image-1": "0.000005", "gpt-image-1.5": "0.000005", "gpt-image-1-mini": "0.000002"}  # per token
+
+
+@pytest.mark.parametrize("model", list(PUBLISHED))
+@pytest.mark.parametrize("quality", ["low", "medium", "high"])
+@pytest.mark.parametrize("index,size", list(enumerate(["1024x1024", "1024x1536", "1536x1024"])))
+def test_gpt_image_without_usage_uses_published_token_counts(model: str, quality: str, index: int, size: str) -> None:
+    req = gen(model, quality=quality, size=size, prompt="abcd")  # 4 characters: one estimated text token
+    cost = actual(BUILTIN[model], req, 1, None, ImageMeta())
+    assert cost.estimated
+    assert cost.nusd == usd(PUBLISHED[model][quality][index]) + usd(TEXT_RATE[model])
+    assert worst_case(BUILTIN[model], req) >= cost.nusd
+
+
+def test_partial_images_add_100_tokens_each() -> None:
+    plain = actual(BUILTIN["gpt-image-1"], gen("gpt-image-1", quality="low", size="1024x1024"), 1, None, ImageMeta())
+    streamed = gen("gpt-image-1", quality="low", size="1024x1024", stream=True, partial_images=2)
+    cost = actual(BUILTIN["gpt-image-1"], streamed, 1, None, ImageMeta())
+    assert cost.nusd - plain.nusd == 200 * usd("0.00004")
+
+
+def test_gpt_image_with_usage_bills_each_token_kind_at_its_rate() -> None:
+    usage = Usage(input_tokens=200, output_tokens=1056, total_tokens=1256, input_text_tokens=40, input_image_tokens=160)
+    cost = actual(BUILTIN["gpt-image-1"], gen("gpt-image-1"), 1, usage, ImageMeta())
+    # 40 text x $5/1M + 160 image x $10/1M + 1056 output x $40/1M
+    assert usd_str(cost.nusd) == "0.044040"
+    assert not cost.estimated
+    assert (cost.input_text_tokens, cost.input_image_tokens, cost.output_tokens) == (40, 160, 1056)
+
+
+def test_gpt_image_15_text_output_tokens() -> None:
+    usage = Usage(10, 1100, 1110, 10, 0, output_image_tokens=1056, output_text_tokens=44)
+    cost = actual(BUILTIN["gpt-image-1.5"], gen("gpt-image-1.5"), 1, usage, ImageMeta())
+    assert cost.nusd == 10 * 5000 + 1056 * 32000 + 44 * 10000
+
+
+def test_edit_input_images_are_billed_and_reserved() -> None:
+    spec = catalog.lookup("gpt-image-1")
+    assert spec is not None
+    info = ImageInfo("png", 1024, 1024, "RGB", False, 100)
+    images = tuple(InputImage(b"", info, f"image[{i}]") for i in range(3))
+    req = ImageRequest("edits", "gpt-image-1", spec, EditFields(prompt="x", quality="high", size="1024x1024"), images)
+    usage = Usage(input_tokens=3000, output_tokens=4160, total_tokens=7160, input_text_tokens=10, input_image_tokens=2990)
+    cost = actual(BUILTIN["gpt-image-1"], req, 1, usage, ImageMeta())
+    assert cost.nusd == 10 * 5000 + 2990 * 10000 + 4160 * 40000
+    assert worst_case(BUILTIN["gpt-image-1"], req) > cost.nusd
+    assert (
+        worst_case(BUILTIN["gpt-image-1"], req)
+        - worst_case(BUILTIN["gpt-image-1"], ImageRequest("edits", "gpt-image-1", spec, req.params, images[:1]))
+        == 2 * 10_000 * 10_000
+    )  # each more input image reserves its bound at the image-input rate
+
+
+def test_worst_case_is_an_upper_bound_across_qualities_and_sizes() -> None:
+    for quality in ("auto", "low", "medium", "high"):
+        for size in ("auto", "1024x1024", "1024x1536", "1536x1024"):
+            req = gen("gpt-image-1", quality=quality, size=size, n=2, prompt="a" * 500)
+            bound = worst_case(BUILTIN["gpt-image-1"], req)
+            for q in ("low", "medium", "high"):
+                for s in ("1024x1024", "1024x1536", "1536x1024"):
+                    if quality in ("auto", q) and size in ("auto", s):
+                        assert actual(BUILTIN["gpt-image-1"], req, 2, None, ImageMeta(quality=q, size=s)).nusd <= bound
+
+
+def test_config_prices() -> None:
+    flat = price_from_config({"per_image": 0.05})
+    assert actual(flat, gen("dall-e-2"), 4, None, ImageMeta()).nusd == usd("0.20")
+    table = price_from_config({"per_image": {"hd 1024x1024": 0.1, "default": 0.03}})
+    assert actual(table, gen("dall-e-3", quality="hd"), 1, None, ImageMeta()).nusd == usd("0.1")
+    assert actual(table, gen("dall-e-3"), 1, None, ImageMeta()).nusd == usd("0.03")
+    tokens = price_from_config({"text_input_per_1m": 1, "image_input_per_1m": 2, "image_output_per_1m": 3})
+    usage = Usage(input_tokens=10, output_tokens=100, total_tokens=110, input_text_tokens=10)
+    assert actual(tokens, gen("gpt-image-1"), 1, usage, ImageMeta()).nusd == 10 * 1000 + 100 * 3000
+
+
+def test_unpriced_model_costs_nothing_and_says_so() -> None:
+    cost = actual(None, gen("gpt-image-2"), 1, None, ImageMeta())
+    assert cost.nusd == 0 and cost.estimated
