@@ -20,12 +20,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegate.accounting import budgets, keys
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import BUILTIN, Price, actual, price_from_config, worst_case
 from imagegate.accounting.ratelimit import RateLimiter
+from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
@@ -101,11 +103,17 @@ class Accounting:
         master = settings.auth.master_key
         self._master = _digest(master.get_secret_value()) if master else None
         self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
+        self.usage_writer = UsageWriter(self.sessions)
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
+        self.usage_writer.start()
+
+    async def flush_usage(self) -> None:
+        await self.usage_writer.flush()
 
     async def aclose(self) -> None:
+        await self.usage_writer.aclose()
         await self.engine.dispose()
 
     # -- who --------------------------------------------------------------------
@@ -123,8 +131,10 @@ class Accounting:
             return Caller("master", is_admin=True, virtual_key=virtual_key)
         if any(hmac.compare_digest(digest, d) for d in self._static):
             return Caller("static", virtual_key=virtual_key)
-        async with self.sessions() as session:
-            key = await keys.find_by_secret(session, secret)
+        key = None
+        if secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
+            async with self.sessions() as session:
+                key = await keys.find_by_secret(session, secret)
         if key is None:
             if enforced:
                 raise AuthenticationError("Incorrect API key provided.")
@@ -203,7 +213,7 @@ class Accounting:
         if cost is not None and admission.reserved and charged > admission.reserved:
             log.warning("request %s cost %s, above its reservation %s", admission.request_id, charged, admission.reserved)
         caller = admission.caller
-        row = UsageRecord(
+        row = dict(
             request_id=admission.request_id,
             created_at=utcnow(),
             key_id=caller.key_id,
@@ -224,11 +234,14 @@ class Accounting:
             status=outcome.status,
             error_code=outcome.error_code,
         )
+        if caller.key_id is None:  # nothing to settle: the row goes out in the next batch
+            self.usage_writer.add(row)
+            return charged
         try:
             async with self.sessions() as session, session.begin():
-                if caller.key_id is not None and (admission.reserved or charged):
+                if admission.reserved or charged:
                     await budgets.settle(session, caller.key_id, caller.team, admission.reserved, charged)
-                session.add(row)
+                await session.execute(insert(UsageRecord), [row])
         except Exception:  # the answer is already made; never lose it over bookkeeping
             log.exception("could not record usage for request %s", admission.request_id)
         return charged

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting.money import usd_str
 from imagegate.db.models import UsageRecord
+
+log = logging.getLogger("imagegate.accounting")
 
 GROUPS = ("key", "team", "model", "day", "provider", "endpoint")
 
@@ -97,3 +102,57 @@ def to_table(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+class UsageWriter:
+    """Writes usage rows for callers without a budget in batches, in the
+    background: one multi-row INSERT at most every ``interval`` seconds
+    instead of a transaction per request. Rows of budgeted keys are written
+    with their settlement instead, in the same transaction.
+
+    ``flush()`` writes what is pending now (before any in-process usage query,
+    and at shutdown); a crash can lose at most ``interval`` seconds of rows.
+    """
+
+    def __init__(self, sessions: Any, interval: float = 0.25, max_pending: int = 10_000) -> None:
+        self._sessions = sessions
+        self._interval = interval
+        self._max_pending = max_pending
+        self._pending: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="imagegate-usage-writer")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self._max_pending:
+            asyncio.get_running_loop().create_task(self.flush())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception:  # keep the rows and try again on the next turn
+                log.exception("writing usage rows failed; will retry")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(insert(UsageRecord), batch)
+            except Exception:
+                self._pending[:0] = batch
+                raise
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -147,6 +147,7 @@ async def usage_summary(
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    await service.accounting.flush_usage()  # include rows still waiting for their batch
     try:
         async with service.accounting.sessions() as session:
             rows = await usage.summarize(session, groups, since, until, key)
