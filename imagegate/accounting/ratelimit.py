@@ -9,26 +9,35 @@ refused for one limit does not use up the other.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
 
 from imagegate.errors import RateLimitError
 
 
-def _storage(url: str) -> Storage:
+def _storage(url: str) -> tuple[Storage, Callable[[], Awaitable[None]] | None]:
+    """The counters' storage, and how to close it."""
     if url.startswith("memory://"):
-        return MemoryStorage()
-    if not url.startswith("async+"):
-        url = "async+" + url
-    return storage_from_string(url)  # type: ignore[return-value]
+        return MemoryStorage(), None
+    from limits.aio.storage import RedisStorage
+    from redis.asyncio import ConnectionPool
+
+    plain = url.removeprefix("async+")
+    pool = ConnectionPool.from_url(plain)  # ours, so that it closes with the app
+    return RedisStorage("async+" + plain, implementation="redispy", connection_pool=pool), pool.aclose
 
 
 class RateLimiter:
     def __init__(self, storage_url: str = "memory://") -> None:
-        self._limiter = MovingWindowRateLimiter(_storage(storage_url))
+        storage, self._close = _storage(storage_url)
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
 
     async def _refuse(self, item: RateLimitItemPerMinute, kind: str, key_id: str, what: str, limit: int) -> RateLimitError:
         stats = await self._limiter.get_window_stats(item, kind, key_id)

@@ -114,6 +114,7 @@ class Accounting:
 
     async def aclose(self) -> None:
         await self.usage_writer.aclose()
+        await self.limiter.aclose()
         await self.engine.dispose()
 
     # -- who --------------------------------------------------------------------

@@ -283,3 +283,14 @@ def test_edit_cost_header(gw: Running) -> None:
     r = httpx.post(f"{gw.base_url}/v1/images/edits", headers={"Authorization": f"Bearer {key['key']}"}, timeout=30,
                    files={"image": ("a.png", make_image(64, 64), "image/png")}, data={"model": "test-pattern", "prompt": "x", "n": "2"})  # fmt: skip
     assert r.status_code == 200 and r.headers["x-imagegate-cost-usd"] == "0.500000"
+
+
+def test_replicas_share_rate_limits_through_redis(tmp_path) -> None:  # noqa: ANN001
+    from redis_server import redis_server
+
+    with redis_server() as url:
+        cfg = {**config("http://127.0.0.1:9/v1"), "rate_limits": {"storage_url": url}}
+        with run_server(cfg, tmp_path) as one, run_server(cfg, tmp_path) as two:  # same data dir: same database
+            key = new_key(one, rpm=3)
+            codes = [generate(replica, key["key"]).status_code for replica in (one, two, one, two)]
+    assert codes == [200, 200, 200, 429]
