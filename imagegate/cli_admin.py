@@ -18,7 +18,7 @@ import click
 from imagegate.accounting import keys, usage
 from imagegate.accounting.vault import Vault, new_encryption_key
 from imagegate.config import Settings
-from imagegate.db.engine import make_engine, sessions
+from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
 from imagegate.errors import ImagegateError
 
@@ -39,12 +39,12 @@ def run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     upgrade(settings.database_url)
 
     async def go() -> T:
-        engine = make_engine(settings.database_url)
+        db = Database(settings.database_url)
         try:
-            async with sessions(engine)() as session, session.begin():
+            async with db.transaction() as session:
                 return await work(session)
         finally:
-            await engine.dispose()
+            await db.aclose()
 
     try:
         return asyncio.run(go())

@@ -34,8 +34,10 @@ def make_server(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Running]]
 
 
 @pytest.fixture
-def client(server: Running) -> OpenAI:
-    return server.sdk()
+def client(server: Running) -> Iterator[OpenAI]:
+    sdk = server.sdk()
+    yield sdk
+    sdk.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,13 @@ BASE_CONFIG: dict[str, Any] = {
 class Running:
     base_url: str
     data_dir: Path
+    clients: list[OpenAI] = field(default_factory=list)
 
     def sdk(self, api_key: str = "sk-test", **kwargs: Any) -> OpenAI:
-        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        """An SDK client for this server, closed when the server stops."""
+        client = OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)
@@ -78,9 +82,12 @@ def run_server(config: dict[str, Any], tmp: Path) -> Iterator[Running]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("imagegate test server did not start")
         time.sleep(0.01)
+    running = Running(f"http://127.0.0.1:{port}", tmp / "data")
     try:
-        yield Running(f"http://127.0.0.1:{port}", tmp / "data")
+        yield running
     finally:
+        for client in running.clients:
+            client.close()
         server.should_exit = True
         thread.join(timeout=20)
         sock.close()

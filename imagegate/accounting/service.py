@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegate.accounting import budgets, keys
 from imagegate.accounting.money import usd_str
@@ -31,7 +30,7 @@ from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
-from imagegate.db.engine import make_engine, sessions
+from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade_async
 from imagegate.db.models import UsageRecord, utcnow
 from imagegate.errors import AuthenticationError, ImagegateError, PermissionDeniedError, RateLimitError
@@ -92,10 +91,9 @@ def _digest(secret: str) -> bytes:
 
 
 class Accounting:
-    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = engine or make_engine(settings.database_url)
-        self.sessions = sessions(self.engine)
+        self.db = Database(settings.database_url)
         self.limiter = RateLimiter(settings.rate_limits.storage_url)
         secret = settings.auth.encryption_key
         self.vault = Vault(secret.get_secret_value() if secret else None)
@@ -103,7 +101,7 @@ class Accounting:
         master = settings.auth.master_key
         self._master = _digest(master.get_secret_value()) if master else None
         self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
-        self.usage_writer = UsageWriter(self.sessions)
+        self.usage_writer = UsageWriter(self.db)
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
@@ -115,7 +113,7 @@ class Accounting:
     async def aclose(self) -> None:
         await self.usage_writer.aclose()
         await self.limiter.aclose()
-        await self.engine.dispose()
+        await self.db.aclose()
 
     # -- who --------------------------------------------------------------------
 
@@ -134,7 +132,7 @@ class Accounting:
             return Caller("static", virtual_key=virtual_key)
         key = None
         if secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
-            async with self.sessions() as session:
+            async with self.db.read() as session:
                 key = await keys.find_by_secret(session, secret)
         if key is None:
             if enforced:
@@ -182,7 +180,7 @@ class Accounting:
             raise
         admission.reserved = worst_case(price, request)
         try:
-            async with self.sessions() as session, session.begin():
+            async with self.db.transaction() as session:
                 key = await keys.get_key(session, caller.key_id)
                 refused = await budgets.reserve(session, key, admission.reserved, utcnow())
                 if refused is not None:
@@ -239,7 +237,7 @@ class Accounting:
             self.usage_writer.add(row)
             return charged
         try:
-            async with self.sessions() as session, session.begin():
+            async with self.db.transaction() as session:
                 if admission.reserved or charged:
                     await budgets.settle(session, caller.key_id, caller.team, admission.reserved, charged)
                 await session.execute(insert(UsageRecord), [row])

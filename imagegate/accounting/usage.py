@@ -114,8 +114,8 @@ class UsageWriter:
     and at shutdown); a crash can lose at most ``interval`` seconds of rows.
     """
 
-    def __init__(self, sessions: Any, interval: float = 0.25, max_pending: int = 10_000) -> None:
-        self._sessions = sessions
+    def __init__(self, db: Any, interval: float = 0.25, max_pending: int = 10_000) -> None:
+        self._db = db
         self._interval = interval
         self._max_pending = max_pending
         self._pending: list[dict[str, Any]] = []
@@ -144,7 +144,7 @@ class UsageWriter:
             if not batch:
                 return
             try:
-                async with self._sessions() as session, session.begin():
+                async with self._db.transaction() as session:
                     await session.execute(insert(UsageRecord), batch)
             except Exception:
                 self._pending[:0] = batch

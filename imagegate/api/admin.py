@@ -91,7 +91,7 @@ def _check_models(service: ServiceDep, models: list[str] | None) -> None:
 @router.post("/keys", status_code=201, response_model=None)
 async def create_key(body: KeyCreate, service: ServiceDep, _: AdminDep) -> JSONBody:
     _check_models(service, body.models)
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         key, secret = await keys.create_key(session, _spec(body))
         view = keys.key_view(key)
     return JSONBody({**view, "key": secret}, status_code=201)
@@ -99,39 +99,39 @@ async def create_key(body: KeyCreate, service: ServiceDep, _: AdminDep) -> JSONB
 
 @router.get("/keys", response_model=None)
 async def list_keys(service: ServiceDep, _: AdminDep, team: str | None = None) -> JSONBody:
-    async with service.accounting.sessions() as session:
+    async with service.accounting.db.read() as session:
         return JSONBody({"object": "list", "data": [keys.key_view(k) for k in await keys.list_keys(session, team)]})
 
 
 @router.get("/keys/{ref}", response_model=None)
 async def show_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session:
+    async with service.accounting.db.read() as session:
         return JSONBody(keys.key_view(await keys.get_key(session, ref)))
 
 
 @router.patch("/keys/{ref}", response_model=None)
 async def update_key(ref: str, body: KeyUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
     _check_models(service, body.models)
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         key = await keys.update_key(session, ref, _spec(body), clear=set(body.clear))
         return JSONBody(keys.key_view(key))
 
 
 @router.delete("/keys/{ref}", response_model=None)
 async def revoke_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         return JSONBody(keys.key_view(await keys.revoke_key(session, ref)))
 
 
 @router.get("/teams", response_model=None)
 async def list_teams(service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session:
+    async with service.accounting.db.read() as session:
         return JSONBody({"object": "list", "data": [keys.team_view(t) for t in await keys.list_teams(session)]})
 
 
 @router.put("/teams/{name}", response_model=None)
 async def update_team(name: str, body: TeamUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         team = await keys.update_team(session, name, body.budget_usd, body.budget_period, body.clear_budget)
         return JSONBody(keys.team_view(team))
 
@@ -149,7 +149,7 @@ async def usage_summary(
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     await service.accounting.flush_usage()  # include rows still waiting for their batch
     try:
-        async with service.accounting.sessions() as session:
+        async with service.accounting.db.read() as session:
             rows = await usage.summarize(session, groups, since, until, key)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="group_by") from exc
@@ -196,20 +196,20 @@ async def models(service: ServiceDep, _: AdminDep) -> JSONBody:
 async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _: AdminDep) -> JSONBody:
     if body.provider not in service.providers:
         raise InvalidRequestError(f"No provider named {body.provider!r}.", param="provider")
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         row = await service.accounting.vault.put(session, name, body.provider, body.secret)
         return JSONBody({"name": row.name, "provider": row.provider})
 
 
 @router.get("/virtual-keys", response_model=None)
 async def list_virtual_keys(service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session:
+    async with service.accounting.db.read() as session:
         rows = await service.accounting.vault.names(session)
         return JSONBody({"object": "list", "data": [{"name": r.name, "provider": r.provider} for r in rows]})
 
 
 @router.delete("/virtual-keys/{name}", response_model=None)
 async def delete_virtual_key(name: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.sessions() as session, session.begin():
+    async with service.accounting.db.transaction() as session:
         await service.accounting.vault.remove(session, name)
     return JSONBody({"name": name, "deleted": True})

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
 def default_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / 'imagegate.db').resolve()}"
 
 
+WRITE = {"sqlite_write": True}
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API connection
+    dbapi_connection.isolation_level = None  # the driver emits no BEGIN; _sqlite_begin does
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -29,14 +36,56 @@ def ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _sqlite_begin(conn) -> None:  # noqa: ANN001 - a sync Connection
+    """Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE),
+    so they wait their turn under busy_timeout. A deferred transaction that
+    reads and then writes fails at once with "database is locked" in WAL mode
+    when another writer committed in between."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "BEGIN")
+
+
 def make_engine(url: str) -> AsyncEngine:
     ensure_sqlite_dir(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=8, max_overflow=8, pool_timeout=60)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60, pool_pre_ping=True)
 
 
-def sessions(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def sessions(engine: AsyncEngine, *, write: bool = True) -> async_sessionmaker:
+    """Sessions for transactions that write (the default) or only read."""
+    bind = engine.execution_options(**WRITE) if write else engine
+    return async_sessionmaker(bind, expire_on_commit=False)
+
+
+class Database:
+    """The engine plus the two ways in: ``transaction()`` for work that writes
+    and ``read()`` for queries.
+
+    SQLite allows one writer at a time. Write transactions of this process
+    queue on an asyncio lock, so pooled connections never wait on SQLite's
+    file lock (whose busy timeout would otherwise decide under heavy load);
+    other processes (the CLI) are still handled by busy_timeout. PostgreSQL
+    runs write transactions concurrently.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._write = sessions(self.engine)
+        self._read = sessions(self.engine, write=False)
+        self._lock = asyncio.Lock() if url.startswith("sqlite") else None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self._lock or contextlib.nullcontext():
+            async with self._write() as session, session.begin():
+                yield session
+
+    def read(self) -> AsyncSession:
+        return self._read()
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()

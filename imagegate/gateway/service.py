@@ -131,7 +131,7 @@ class ImageService:
         if caller.virtual_key is None:
             deployment = next(self._turns[request.model])
             return self.providers[deployment.provider], deployment
-        async with self.accounting.sessions() as session:
+        async with self.accounting.db.read() as session:
             provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key)
         for deployment in self.routes[request.model].deployments:
             if deployment.provider == provider_name:
@@ -273,7 +273,7 @@ class ImageService:
 
     async def _database_ready(self) -> bool:
         try:
-            async with self.accounting.engine.connect() as conn:
+            async with self.accounting.db.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
         except Exception:

@@ -74,7 +74,7 @@ def generate(gw: Running, secret: str, **body: Any) -> httpx.Response:
 def test_new_user_spends_exactly_down_to_a_one_dollar_budget(gw: Running, upstream: OpenAIStandIn) -> None:
     key = new_key(gw, budget_usd=1, rpm=10)
     assert key["key"].startswith("ig-") and key["prefix"] == key["key"][:11]
-    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key["key"], max_retries=0)
+    client = gw.sdk(api_key=key["key"])
     costs = []
     for _ in range(4):
         raw = client.images.with_raw_response.generate(model="test-pattern", prompt="x", size="64x64")
@@ -123,9 +123,7 @@ def test_failed_request_is_not_charged(gw: Running, upstream: OpenAIStandIn) -> 
 
 def test_token_usage_is_billed_exactly(gw: Running, upstream: OpenAIStandIn) -> None:
     key = new_key(gw, budget_usd=5)
-    raw = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key["key"], max_retries=0).images.with_raw_response.generate(
-        model="gpt-image-1", prompt="x", size="1024x1024"
-    )
+    raw = gw.sdk(api_key=key["key"]).images.with_raw_response.generate(model="gpt-image-1", prompt="x", size="1024x1024")
     # the stand-in reports 40 text + 160 image input tokens and 1056 output tokens
     assert raw.headers["x-imagegate-cost-usd"] == "0.044040"
     assert key_state(gw, key["id"])["spent_usd"] == "0.044040"
@@ -193,7 +191,7 @@ def test_auth_failures(gw: Running) -> None:
 
 def test_allowed_models(gw: Running) -> None:
     key = new_key(gw, models=["test-pattern"])
-    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key["key"], max_retries=0)
+    client = gw.sdk(api_key=key["key"])
     assert [m.id for m in client.models.list().data] == ["test-pattern"]
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.images.generate(model="gpt-image-1", prompt="x")

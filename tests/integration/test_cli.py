@@ -40,6 +40,7 @@ def test_serve_on_embedded_defaults_then_sdk_example(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    closing: list[OpenAI] = []
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -53,6 +54,7 @@ def test_serve_on_embedded_defaults_then_sdk_example(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.1)
         client = OpenAI(base_url=f"{base}/v1", api_key="anything", max_retries=0)
+        closing.append(client)
         b64 = client.images.generate(model="test-pattern", prompt="a lighthouse at dusk", size="1024x1024")
         img = decode_b64(b64.data[0].b64_json)
         assert (img.format, img.size) == ("PNG", (1024, 1024))
@@ -62,6 +64,8 @@ def test_serve_on_embedded_defaults_then_sdk_example(tmp_path: Path) -> None:
         assert (tmp_path / "imagegate-data" / "images").is_dir()
         assert (tmp_path / "imagegate-data" / "signing.key").stat().st_mode & 0o077 == 0
     finally:
+        for c in closing:
+            c.close()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert f"listening on http://127.0.0.1:{port}" in out

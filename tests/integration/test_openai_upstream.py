@@ -352,8 +352,11 @@ def test_stream_with_format_conversion(up: OpenAIStandIn, sdk: openai.OpenAI) ->
 # -- indistinguishable ------------------------------------------------------------------
 
 
-def test_sdk_sees_the_same_answer_as_from_the_upstream_directly(up: OpenAIStandIn, sdk: openai.OpenAI) -> None:
+def test_sdk_sees_the_same_answer_as_from_the_upstream_directly(
+    up: OpenAIStandIn, sdk: openai.OpenAI, request: pytest.FixtureRequest
+) -> None:
     direct = openai.OpenAI(base_url=up.base_url, api_key=UPSTREAM_KEY, max_retries=0)
+    request.addfinalizer(direct.close)
     kwargs = dict(model="gpt-image-1", prompt="a lighthouse", size="1024x1024", quality="medium", n=2)
     assert sdk.images.generate(**kwargs).model_dump() == direct.images.generate(**kwargs).model_dump()
     edit = dict(model="gpt-image-1", image=[("a.png", make_image(), "image/png")], prompt="x", size="1024x1536")
