@@ -264,6 +264,11 @@ class ImageService:
 
     async def start(self) -> None:
         await self.accounting.start()
+        for name, route in self.routes.items():
+            for dep in route.deployments:
+                if self.accounting.price_for(name, dep.model, route.rules.name) is None:
+                    log.warning("model %s (%s on %s) has no price: its requests are recorded at $0; "
+                                "set pricing.%s in the config", name, dep.model, dep.provider, name)  # fmt: skip
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"storage": await self.storage.ready(), "database": await self._database_ready()}
