@@ -177,9 +177,30 @@ class StorageConfig(_Strict):
         return value
 
 
+ErrorKind = Literal["rate_limit", "timeout", "connection", "server_error", "content_policy", "invalid_request"]
+RETRYABLE_KINDS: tuple[str, ...] = ("rate_limit", "timeout", "connection", "server_error")
+
+
+class RoutingConfig(_Strict):
+    """Retries, deadlines and cooldowns; top-level defaults, overridable per model."""
+
+    max_attempts: int = Field(3, ge=1, le=20)  # attempts in all, over deployments and fallbacks
+    deadline_seconds: float = Field(600.0, gt=0)  # the whole request, retries and waits included
+    backoff_initial_seconds: float = Field(0.25, ge=0)
+    backoff_max_seconds: float = Field(8.0, ge=0)
+    backoff_multiplier: float = Field(2.0, ge=1)
+    max_retry_after_seconds: float = Field(30.0, ge=0)  # a longer Retry-After: try elsewhere instead
+    cooldown_failures: int = Field(3, ge=1)  # consecutive failures that take a deployment out
+    cooldown_seconds: float = Field(30.0, ge=0)
+
+
 class DeploymentConfig(_Strict):
     provider: str
     model: str | None = None  # the model name sent upstream; default: the public name
+    weight: float = Field(1.0, gt=0)  # share of traffic among healthy deployments
+    max_concurrency: int | None = Field(None, ge=1)  # requests at once; more wait for a slot
+    timeout_seconds: float | None = Field(None, gt=0)  # one attempt, end to end
+    connect_timeout_seconds: float | None = Field(None, gt=0)
 
 
 class ModelRouteConfig(_Strict):
@@ -187,6 +208,9 @@ class ModelRouteConfig(_Strict):
     # which catalog entry's rules validate requests; default: the public name,
     # then the deployments' upstream model name, then the provider's own rules.
     rules: str | None = None
+    fallbacks: list[str] = []  # models tried, in order, when these deployments are exhausted
+    fallback_on: list[ErrorKind] = list(RETRYABLE_KINDS)  # the error kinds that move on to a fallback
+    routing: RoutingConfig | None = None  # overrides the top-level routing for this model
 
     @model_validator(mode="before")
     @classmethod
@@ -214,6 +238,7 @@ class Settings(_Strict):
     rate_limits: RateLimitConfig = RateLimitConfig()
     storage: StorageConfig = StorageConfig()
     pricing: dict[str, PriceConfig] = {}
+    routing: RoutingConfig = RoutingConfig()
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
     default_model: str | None = None
@@ -227,6 +252,18 @@ class Settings(_Strict):
                         f"models.{name}.deployments.{i}.provider: no provider named "
                         f"{dep.provider!r} (defined: {', '.join(sorted(self.providers)) or 'none'})"
                     )
+        for name, route in self.models.items():
+            for fallback in route.fallbacks:
+                if fallback not in self.models:
+                    raise ValueError(f"models.{name}.fallbacks: no model named {fallback!r}")
+            seen, queue = {name}, list(route.fallbacks)
+            while queue:  # fallbacks of fallbacks may not lead back
+                nxt = queue.pop()
+                if nxt == name:
+                    raise ValueError(f"models.{name}.fallbacks: the chain leads back to {name!r}")
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.extend(self.models[nxt].fallbacks)
         if self.default_model is not None and self.default_model not in self.models:
             raise ValueError(f"default_model: {self.default_model!r} is not in models")
         return self

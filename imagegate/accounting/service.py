@@ -57,12 +57,14 @@ ANONYMOUS = Caller("anonymous")
 @dataclass(slots=True)
 class Admission:
     caller: Caller
-    request: ImageRequest
-    deployment: Deployment
+    request: ImageRequest  # as asked; after serve(), as served (a fallback's model)
+    deployment: Deployment  # the first candidate; after serve(), the one that served
     request_id: str
-    price: Price | None
     reserved: int
     started: float = field(default_factory=time.monotonic)
+
+    def serve(self, request: ImageRequest, deployment: Deployment) -> None:
+        self.request, self.deployment = request, deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +168,17 @@ class Accounting:
 
     # -- admission and settlement -------------------------------------------------
 
-    async def admit(self, caller: Caller, request: ImageRequest, deployment: Deployment, request_id: str) -> Admission:
+    def _price_of(self, request: ImageRequest, deployment: Deployment) -> Price | None:
+        return self.price_for(request.model, deployment.model, request.spec.name)
+
+    async def admit(
+        self, caller: Caller, request: ImageRequest, candidates: list[tuple[ImageRequest, Deployment]], request_id: str
+    ) -> Admission:
+        """``candidates``: every (request, deployment) that may serve it
+        (fallbacks included); the reservation covers the dearest."""
         if caller.models is not None and request.model not in caller.models:
             raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
-        price = self.price_for(request.model, deployment.model, request.spec.name)
-        admission = Admission(caller, request, deployment, request_id, price, 0)
+        admission = Admission(caller, request, candidates[0][1], request_id, 0)
         if caller.kind != "key" or caller.key_id is None:
             return admission
         try:
@@ -178,7 +186,7 @@ class Accounting:
         except RateLimitError as exc:
             await self.settle(admission, Outcome(status=429, error_code=exc.code))
             raise
-        admission.reserved = worst_case(price, request)
+        admission.reserved = max(worst_case(self._price_of(r, d), r) for r, d in candidates)
         try:
             async with self.db.transaction() as session:
                 key = await keys.get_key(session, caller.key_id)
@@ -186,18 +194,17 @@ class Accounting:
                 if refused is not None:
                     raise _Refused(refused, key.budget_period)  # rolls the key's and team's reservations back
         except _Refused as no:
-            admission.reserved = 0
+            wanted, admission.reserved = admission.reserved, 0
             await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
-            raise self._over_budget(no.which, no.period, admission) from None
+            raise self._over_budget(no.which, no.period, admission.caller, wanted) from None
         return admission
 
-    def _over_budget(self, which: str, period: str, admission: Admission) -> RateLimitError:
+    def _over_budget(self, which: str, period: str, caller: Caller, wanted: int) -> RateLimitError:
         nxt = budgets.next_period(period, utcnow()) if which == "key" else None
         retry = (nxt - utcnow()).total_seconds() if nxt else 3600.0
-        scope = "this key's" if which == "key" else f"team '{admission.caller.team}''s"
+        scope = "this key's" if which == "key" else f"team '{caller.team}''s"
         err = RateLimitError(
-            f"This request could cost up to ${usd_str(worst_case(admission.price, admission.request))}, "
-            f"more than {scope} remaining budget.",
+            f"This request could cost up to ${usd_str(wanted)}, more than {scope} remaining budget.",
             retry_after=retry,
             code="insufficient_quota",
         )
@@ -207,7 +214,8 @@ class Accounting:
     async def settle(self, admission: Admission, outcome: Outcome) -> int:
         """Charge and record; returns the cost in nano-dollars."""
         request = admission.request
-        cost = actual(admission.price, request, outcome.images, outcome.usage, outcome.meta) if outcome.status < 400 else None
+        price = self._price_of(request, admission.deployment)
+        cost = actual(price, request, outcome.images, outcome.usage, outcome.meta) if outcome.status < 400 else None
         charged = cost.nusd if cost is not None else 0
         if cost is not None and admission.reserved and charged > admission.reserved:
             log.warning("request %s cost %s, above its reservation %s", admission.request_id, charged, admission.reserved)
@@ -249,6 +257,6 @@ class Accounting:
 def outcome_of_error(exc: BaseException) -> Outcome:
     if isinstance(exc, ImagegateError):
         return Outcome(status=exc.status, error_code=exc.code)
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return Outcome(status=499, error_code="client_closed_request")
     return Outcome(status=500, error_code="internal_error")

@@ -19,6 +19,7 @@ from imagegate.api.render import JSONBody, sse
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.validate import check_rules, load_inputs, parse_fields
 from imagegate.errors import ImagegateError, InvalidRequestError
+from imagegate.gateway.routing import Served
 from imagegate.gateway.service import ImageService
 
 log = logging.getLogger("imagegate.api")
@@ -54,12 +55,20 @@ async def _build(
 async def _respond(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
     if request.stream:
         return await _stream(service, request, http, caller)
-    result, cost = await service.create(request, _base_url(http), caller, request_id(http))
-    return JSONBody(result, headers={COST_HEADER: usd_str(cost)})
+    result, cost, served = await service.create(request, _base_url(http), caller, request_id(http))
+    return JSONBody(result, headers={COST_HEADER: usd_str(cost), **_served_headers(served)})
+
+
+def _served_headers(served: Served) -> dict[str, str]:
+    return {
+        "x-imagegate-model": served.leg.request.model,  # type: ignore[attr-defined]
+        "x-imagegate-provider": served.slot.deployment.provider,
+        "x-imagegate-attempts": str(served.attempts),
+    }
 
 
 async def _stream(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
-    reserved, events = await service.open_stream(request, _base_url(http), caller, request_id(http))
+    reserved, served, events = await service.open_stream(request, _base_url(http), caller, request_id(http))
     # The first event is awaited before answering, so a request that fails at
     # once still gets a plain JSON error with the right status.
     first = await anext(events)
@@ -79,7 +88,12 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
 
     # The cost is known only when the stream ends (it is in the usage records);
     # the headers carry what was reserved for it.
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", RESERVED_HEADER: usd_str(reserved)}
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        RESERVED_HEADER: usd_str(reserved),
+        **_served_headers(served),
+    }
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 

@@ -24,7 +24,7 @@ from imagegate.contract.catalog import (
     VARIATIONS,
     ModelSpec,
 )
-from imagegate.contract.requests import FIELDS_BY_ENDPOINT, InputImage
+from imagegate.contract.requests import FIELDS_BY_ENDPOINT, ImageRequest, InputImage
 from imagegate.errors import InvalidImageError, InvalidRequestError, NotFoundError
 from imagegate.imaging.probe import ImageProbeError, probe
 
@@ -288,3 +288,25 @@ def _check_mask(mask: InputImage, first: InputImage) -> None:
             param="mask",
             code="invalid_image_dimensions",
         )
+
+
+def retarget(request: ImageRequest, model: str, spec: ModelSpec) -> ImageRequest | None:
+    """The request as fallback ``model`` would receive it, or None when that
+    model cannot take it as sent (it is then skipped, never given a changed
+    request)."""
+    if request.endpoint not in spec.endpoints:
+        return None
+    try:
+        check_rules(request.endpoint, request.params, model, spec)
+    except InvalidRequestError:
+        return None
+    if request.images:
+        rule = spec.variation_input if request.endpoint == VARIATIONS else spec.edit_input
+        if rule is None or len(request.images) > rule.max_images:
+            return None
+        for image in request.images:
+            if image.info.format not in rule.formats or image.info.nbytes > rule.max_bytes:
+                return None
+            if rule.square and image.info.width != image.info.height:
+                return None
+    return ImageRequest(request.endpoint, model, spec, request.params, request.images, request.mask)  # type: ignore[arg-type]

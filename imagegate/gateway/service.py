@@ -10,24 +10,22 @@ and gets typed responses or stream events back.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 
 from sqlalchemy import text
 
 from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
 from imagegate.config import Settings
-from imagegate.contract import catalog
-from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
-from imagegate.contract.validate import ModelDirectory
-from imagegate.errors import ConfigError, GoneError, InvalidRequestError, NotFoundError
+from imagegate.contract.validate import ModelDirectory, retarget
+from imagegate.errors import GoneError, InvalidRequestError, NotFoundError
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.output import Shaped, shape_images, usage_out
+from imagegate.gateway.routes import Route, build_routes, fallback_chain, rules_for
+from imagegate.gateway.routing import Leg, Served, execute
 from imagegate.providers.base import (
     Deployment,
     ImageMeta,
@@ -37,7 +35,7 @@ from imagegate.providers.base import (
     ProviderResult,
     Usage,
 )
-from imagegate.providers.registry import build_provider, provider_class
+from imagegate.providers.registry import build_provider
 from imagegate.storage.base import Storage, StoredObject
 from imagegate.storage.local import LocalStorage
 from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner, load_or_create_key
@@ -45,28 +43,6 @@ from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSig
 log = logging.getLogger("imagegate.gateway")
 
 _EVENT_PREFIX = {"generations": "image_generation", "edits": "image_edit", "variations": "image_variation"}
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    deployments: tuple[Deployment, ...]
-    rules: ModelSpec
-
-
-def _rules_for(settings: Settings, name: str) -> ModelSpec:
-    route = settings.models[name]
-    if route.rules is not None:
-        spec = catalog.lookup(route.rules)
-        if spec is None:
-            raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(catalog.names())})")
-        return spec
-    first = route.deployments[0]
-    spec = catalog.lookup(name) or catalog.lookup(first.model)
-    if spec is None:
-        spec = provider_class(settings.providers[first.provider].type).default_rules
-    if spec is None:
-        raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(catalog.names())}")
-    return spec
 
 
 def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
@@ -103,19 +79,15 @@ class ImageService:
         self.providers: dict[str, Provider] = {
             name: build_provider(name, cfg, context) for name, cfg in settings.providers.items()
         }
-        self.routes: dict[str, Route] = {}
-        for name, route in settings.models.items():
-            deployments = tuple(Deployment(d.provider, d.model or name) for d in route.deployments)
-            self.routes[name] = Route(deployments, _rules_for(settings, name))
+        self.routes: dict[str, Route] = build_routes(settings)
         self.directory = ModelDirectory({n: r.rules for n, r in self.routes.items()}, settings.default_model)
         self.fetcher = ImageFetcher(settings.server.fetch)
-        self._turns = {name: itertools.cycle(route.deployments) for name, route in self.routes.items()}
 
     @staticmethod
     def check(settings: Settings) -> None:
         """Raise ConfigError for what only the service can check (model rules)."""
         for name in settings.models:
-            _rules_for(settings, name)
+            rules_for(settings, name)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageService:
@@ -127,64 +99,112 @@ class ImageService:
 
     # -- running requests --------------------------------------------------
 
-    async def _pick(self, request: ImageRequest, caller: Caller) -> tuple[Provider, Deployment]:
-        if caller.virtual_key is None:
-            deployment = next(self._turns[request.model])
-            return self.providers[deployment.provider], deployment
-        async with self.accounting.db.read() as session:
-            provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key)
-        for deployment in self.routes[request.model].deployments:
-            if deployment.provider == provider_name:
-                return self.providers[provider_name], replace(deployment, api_key=secret)
-        raise InvalidRequestError(
-            f"The virtual key is for provider '{provider_name}', which does not serve model '{request.model}'.",
-            param="x-portkey-virtual-key",
-            code="virtual_key_mismatch",
-        )
+    async def _legs(self, request: ImageRequest, caller: Caller) -> list[Leg]:
+        """The request's chain: its model, then each fallback that accepts it."""
+        route = self.routes[request.model]
+        if caller.virtual_key is not None:  # a provider's own credential: that provider only, no fallbacks
+            async with self.accounting.db.read() as session:
+                provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key)
+            if not any(d.provider == provider_name for d in route.deployments):
+                raise InvalidRequestError(
+                    f"The virtual key is for provider '{provider_name}', which does not serve model '{request.model}'.",
+                    param="x-portkey-virtual-key",
+                    code="virtual_key_mismatch",
+                )
+            return [Leg(request, route.pool, route.fallback_on, provider_name, secret)]
+        legs = [Leg(request, route.pool, route.fallback_on)]
+        for name in fallback_chain(self.routes, request.model):
+            fallback = self.routes[name]
+            retargeted = retarget(request, name, fallback.rules)
+            if retargeted is not None:
+                legs.append(Leg(retargeted, fallback.pool, fallback.fallback_on))
+        return legs
 
-    async def create(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> tuple[ImagesResponse, int]:
-        """Run a request; returns the response and its cost in nano-dollars."""
-        provider, deployment = await self._pick(request, caller)
-        admission = await self.accounting.admit(caller, request, deployment, request_id)
+    def _candidates(self, legs: list[Leg]) -> list[tuple[ImageRequest, Deployment]]:
+        return [(leg.request, slot.deployment) for leg in legs for slot in leg.pool.slots]  # type: ignore[misc]
+
+    async def create(
+        self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
+    ) -> tuple[ImagesResponse, int, Served]:
+        """Run a request over its deployments and fallbacks; returns the
+        response, its cost in nano-dollars, and what served it."""
+        legs = await self._legs(request, caller)
+        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id)
+        policy = self.routes[request.model].policy
+
+        async def call(req: ImageRequest, deployment: Deployment) -> ProviderResult:
+            return await self.providers[deployment.provider].run(req, deployment)
+
         try:
-            result = await provider.run(request, deployment)
-            shaped = await shape_images(request, result.images, self.settings.server.max_image_pixels)
-            data = await asyncio.gather(*(self._render(request, s, base_url) for s in shaped))
+            served = await execute(legs, call, policy)
+            result: ProviderResult = served.value  # type: ignore[assignment]
+            req: ImageRequest = served.leg.request  # type: ignore[assignment]
+            shaped = await shape_images(req, result.images, self.settings.server.max_image_pixels)
+            data = await asyncio.gather(*(self._render(req, s, base_url) for s in shaped))
         except BaseException as exc:  # failed or cancelled: charged nothing
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
+        admission.serve(req, served.slot.deployment)
         cost = await self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta))
-        return self._response(request, result, shaped, list(data)), cost
+        return self._response(req, result, shaped, list(data)), cost, served
 
     async def open_stream(
         self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
-    ) -> tuple[int, AsyncIterator[StreamEvent]]:
-        """Admit a streaming request; returns the reserved amount and the events.
-        The request is settled when the events end, however they end."""
-        provider, deployment = await self._pick(request, caller)
-        admission = await self.accounting.admit(caller, request, deployment, request_id)
-        return admission.reserved, self._stream(request, provider, deployment, admission)
+    ) -> tuple[int, Served, AsyncIterator[StreamEvent]]:
+        """Admit a streaming request and run it until its first event (retries
+        and fallbacks happen only before that); returns the reserved amount,
+        what serves it, and the events. It is settled when the events end."""
+        legs = await self._legs(request, caller)
+        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id)
+
+        async def first(req: ImageRequest, deployment: Deployment) -> tuple[object, AsyncIterator[object]]:
+            events = self.providers[deployment.provider].stream(req, deployment)
+            try:
+                return await anext(events), events
+            except BaseException:
+                await events.aclose()
+                raise
+
+        try:
+            served = await execute(legs, first, self.routes[request.model].policy, hold=True)
+        except BaseException as exc:
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        req: ImageRequest = served.leg.request  # type: ignore[assignment]
+        admission.serve(req, served.slot.deployment)
+        head, rest = served.value  # type: ignore[misc]
+        return admission.reserved, served, self._stream(req, head, rest, admission, served)
 
     async def _stream(
-        self, request: ImageRequest, provider: Provider, deployment: Deployment, admission: Admission
+        self, request: ImageRequest, head: object, rest: AsyncIterator[object], admission: Admission, served: Served
     ) -> AsyncIterator[StreamEvent]:
         prefix = _EVENT_PREFIX[request.endpoint]
         max_pixels = self.settings.server.max_image_pixels
         images, usage, meta = 0, None, ImageMeta()
+
+        async def items() -> AsyncIterator[object]:
+            yield head
+            async for item in rest:
+                yield item
+
         try:
-            async for item in provider.stream(request, deployment):
-                (shaped,) = await shape_images(request, [item.image], max_pixels)
+            async for item in items():
+                (shaped,) = await shape_images(request, [item.image], max_pixels)  # type: ignore[attr-defined]
                 await asyncio.to_thread(getattr, shaped.image, "b64")  # encode off the event loop, if needed
                 if isinstance(item, PartialImage):
                     yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
                 else:
                     images += 1
-                    usage = _add_usage(usage, item.usage)
-                    meta = item.meta
-                    yield self._event(request, f"{prefix}.completed", shaped, item.meta, item.usage, None)
+                    usage = _add_usage(usage, item.usage)  # type: ignore[attr-defined]
+                    meta = item.meta  # type: ignore[attr-defined]
+                    yield self._event(request, f"{prefix}.completed", shaped, meta, item.usage, None)  # type: ignore[attr-defined]
         except BaseException as exc:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
+        finally:
+            await rest.aclose()  # type: ignore[attr-defined]
+            if served.lease is not None:
+                await served.lease.__aexit__(None, None, None)
         await self.accounting.settle(admission, Outcome(images, usage, meta))
 
     def _event(

@@ -50,6 +50,8 @@ class Deployment:
     model: str  # the model name to send upstream
     # A credential for this call only (a virtual key), instead of the provider's own.
     api_key: str | None = field(default=None, repr=False)
+    timeout: float | None = None  # seconds for one attempt, end to end (the router enforces it)
+    connect_timeout: float | None = None  # seconds to connect (providers with connections apply it)
 
 
 class GeneratedImage:

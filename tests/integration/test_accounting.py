@@ -107,9 +107,8 @@ def test_new_user_spends_exactly_down_to_a_one_dollar_budget(gw: Running, upstre
 
 def test_failed_request_is_not_charged(gw: Running, upstream: OpenAIStandIn) -> None:
     key = new_key(gw, budget_usd=5)
-    upstream.script.append(
-        Fault("status", 500, {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}})
-    )
+    boom = Fault("status", 500, {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}})
+    upstream.script.extend([boom] * 3)  # every attempt fails (3 by default)
     r = httpx.post(f"{gw.base_url}/v1/images/generations", json={"model": "gpt-image-1", "prompt": "x"},
                    headers={"Authorization": f"Bearer {key['key']}"}, timeout=30)  # fmt: skip
     assert r.status_code == 500

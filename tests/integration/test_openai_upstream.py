@@ -23,6 +23,7 @@ def gateway_config(base_url: str) -> dict[str, Any]:
     up = {"type": "openai", "base_url": base_url, "api_key": UPSTREAM_KEY, "headers": {"OpenAI-Organization": "org-test"}}
     return {
         "storage": {"signing_key": SIGNING_KEY},
+        "routing": {"max_attempts": 1},  # these tests are about one exchange; routing has its own
         "providers": {
             "up": {**up, "timeout_seconds": 20},
             "slow": {**up, "timeout_seconds": 1},

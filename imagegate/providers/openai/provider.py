@@ -120,11 +120,16 @@ class OpenAIProvider(Provider):
     def _build(self, request: ImageRequest, deployment: Deployment) -> httpx.Request:
         path = wire.PATHS[request.endpoint]
         auth = {"Authorization": f"Bearer {deployment.api_key}"} if deployment.api_key else self._auth
+        extra: dict[str, Any] = {}
+        if deployment.connect_timeout is not None or deployment.timeout is not None:
+            read = deployment.timeout or self.options.timeout_seconds
+            extra["timeout"] = httpx.Timeout(read, connect=deployment.connect_timeout or self.options.connect_timeout_seconds)
         if request.endpoint == GENERATIONS:
             body = wire.json_body(request, deployment.model)
-            return self._client.build_request("POST", path, content=body, headers={**auth, "Content-Type": "application/json"})
+            headers = {**auth, "Content-Type": "application/json"}
+            return self._client.build_request("POST", path, content=body, headers=headers, **extra)
         data, files = wire.multipart(request, deployment.model)
-        return self._client.build_request("POST", path, data=data, files=files, headers=auth)
+        return self._client.build_request("POST", path, data=data, files=files, headers=auth, **extra)
 
     @asynccontextmanager
     async def _exchange(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[httpx.Response]:
