@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
@@ -23,6 +25,7 @@ from imagegate.gateway.routing import Served
 from imagegate.gateway.service import ImageService
 
 log = logging.getLogger("imagegate.api")
+T = TypeVar("T")
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 
@@ -52,11 +55,74 @@ async def _build(
     return ImageRequest(endpoint, name, spec, fields, inputs, mask_image)  # type: ignore[arg-type]
 
 
-async def _respond(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
-    if request.stream:
-        return await _stream(service, request, http, caller)
-    result, cost, served = await service.create(request, _base_url(http), caller, request_id(http))
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _until_disconnect(http: Request) -> None:
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(http: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it (and the upstream call under it) if the
+    client goes away first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_until_disconnect(http))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise _ClientGone
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _run(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> JSONBody:
+    result, cost, served = await _unless_disconnected(
+        http, service.create(request, _base_url(http), caller, request_id(http))
+    )
     return JSONBody(result, headers={COST_HEADER: usd_str(cost), **_served_headers(served)})
+
+
+async def _respond(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
+    key = http.headers.get("idempotency-key")
+    if request.stream:
+        if key is not None:
+            raise InvalidRequestError(
+                "Idempotency-Key is not supported with stream=true.", param="Idempotency-Key", code="unsupported_parameter"
+            )
+        return await _stream(service, request, http, caller)
+    try:
+        if key is None:
+            return await _run(service, request, http, caller)
+        return await _idempotent(service, request, http, caller, key)
+    except _ClientGone:
+        return Response(status_code=499)  # nobody is listening; the work was cancelled and not charged
+
+
+async def _idempotent(service: ImageService, request: ImageRequest, http: Request, caller: Caller, key: str) -> Response:
+    if not key or len(key) > 255:
+        raise InvalidRequestError("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    scope = caller.key_id or "*"
+    policy = service.routes[request.model].policy
+    replay = await service.idempotency.claim(scope, key, request.fingerprint(), wait_seconds=policy.deadline_seconds)
+    if replay is not None:
+        headers = {**replay.headers, COST_HEADER: usd_str(0), "x-imagegate-idempotent-replay": "true"}
+        return Response(replay.body, status_code=replay.status, headers=headers, media_type="application/json")
+    try:
+        response = await _run(service, request, http, caller)
+    except BaseException:
+        await asyncio.shield(service.idempotency.release(scope, key))  # a retry runs afresh
+        raise
+    kept = {k: v for k, v in response.headers.items() if k.startswith("x-imagegate-") and k != COST_HEADER}
+    await service.idempotency.complete(scope, key, response.status_code, kept, bytes(response.body))
+    return response
 
 
 def _served_headers(served: Served) -> dict[str, str]:

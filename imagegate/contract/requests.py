@@ -9,9 +9,11 @@ images and the effective values (defaults applied) the gateway works with.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.contract.catalog import ModelSpec
@@ -87,6 +89,15 @@ class ImageRequest:
     params: GenerationFields | EditFields | VariationFields
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
+
+    def fingerprint(self) -> str:
+        """A digest of everything the client sent: endpoint, fields, image bytes."""
+        digest = hashlib.sha256(self.endpoint.encode())
+        digest.update(orjson.dumps(self.params.model_dump(exclude_unset=True), option=orjson.OPT_SORT_KEYS))
+        for image in (*self.images, *((self.mask,) if self.mask else ())):
+            digest.update(image.field.encode())
+            digest.update(hashlib.sha256(image.data).digest())
+        return digest.hexdigest()
 
     def sent(self) -> dict[str, object]:
         """The fields the client sent, as sent (``model`` included)."""

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy import text
 
+from imagegate.accounting.idempotency import IdempotencyStore
 from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
@@ -80,6 +81,7 @@ class ImageService:
             name: build_provider(name, cfg, context) for name, cfg in settings.providers.items()
         }
         self.routes: dict[str, Route] = build_routes(settings)
+        self.idempotency = IdempotencyStore(accounting.db)
         self.directory = ModelDirectory({n: r.rules for n, r in self.routes.items()}, settings.default_model)
         self.fetcher = ImageFetcher(settings.server.fetch)
 
@@ -277,6 +279,7 @@ class ImageService:
                 removed = await self.storage.sweep(time.time() - self.signer.ttl_seconds)
                 if removed:
                     log.info("swept %d expired image(s)", removed)
+                await self.idempotency.sweep()
             except Exception:  # keep sweeping on the next turn
                 log.exception("sweeping expired images failed")
 
