@@ -15,6 +15,7 @@ import email.policy
 import http.server
 import io
 import json
+import select
 import socket
 import struct
 import threading
@@ -68,6 +69,10 @@ class OpenAIStandIn:
         self.served: list[bytes] = []  # the image bytes of each success answer
         self.script: deque[Fault] = deque()
         self.gate_released_in_time: bool | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.aborted = 0  # "slow" answers whose caller hung up first
+        self._lock = threading.Lock()
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -91,9 +96,16 @@ class OpenAIStandIn:
                     rec.json = json.loads(body)
                 elif ctype.startswith("multipart/form-data"):
                     _parse_multipart(ctype, body, rec)
-                standin.received.append(rec)
-                fault = standin.script.popleft() if standin.script else None
-                standin.answer(self, rec, fault)
+                with standin._lock:
+                    standin.received.append(rec)
+                    fault = standin.script.popleft() if standin.script else None
+                    standin.in_flight += 1
+                    standin.max_in_flight = max(standin.max_in_flight, standin.in_flight)
+                try:
+                    standin.answer(self, rec, fault)
+                finally:
+                    with standin._lock:
+                        standin.in_flight -= 1
 
             def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
@@ -175,6 +187,17 @@ class OpenAIStandIn:
             h._send(200, json.dumps(payload).encode(), "application/json")
         elif fault.kind == "stream":
             self._stream(h, fault)
+        elif fault.kind == "slow":  # answer normally after a while, unless the caller hangs up
+            deadline = time.monotonic() + fault.seconds
+            while time.monotonic() < deadline:
+                readable, _, _ = select.select([h.connection], [], [], 0.02)
+                if readable and not h.connection.recv(1, socket.MSG_PEEK):
+                    with self._lock:
+                        self.aborted += 1
+                    h.close_connection = True
+                    return
+            payload = self.success_payload(rec)
+            h._send(200, json.dumps(payload).encode(), "application/json")
 
     def _stream(self, h: Any, fault: Fault) -> None:
         h.send_response(200)
