@@ -4,13 +4,19 @@ Generations and edits get the same prebuilt ``ImagesResponse`` holding one
 realistic ~2 MB 1024x1024 PNG as ``b64_json``; request bodies are read in
 full (as a real server must) and otherwise ignored. Run with uvicorn:
 ``python -m uvicorn --app-dir bench fast_upstream:app``.
+
+``BENCH_DELAY_MS`` makes each success take that long (a generation's time);
+``BENCH_FAIL_RATE`` (0-1) answers that share of requests with an OpenAI-style
+500, at once or, with ``BENCH_FAIL_SLOW=1``, after the generation time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
+import random
 
 import numpy as np
 import orjson
@@ -46,6 +52,11 @@ BODY = orjson.dumps(
     }
 )
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+DELAY = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
+FAIL_RATE = float(os.environ.get("BENCH_FAIL_RATE", "0"))
+ERROR = orjson.dumps({"error": {"message": "The server had an error", "type": "server_error", "param": None, "code": None}})
+ERROR_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ERROR)).encode())]
+_rng = random.Random(1)
 
 
 async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
@@ -55,5 +66,13 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
     while more:  # read the whole request body
         message = await receive()
         more = message.get("more_body", False)
+    if FAIL_RATE and _rng.random() < FAIL_RATE:
+        if os.environ.get("BENCH_FAIL_SLOW") == "1" and DELAY:
+            await asyncio.sleep(DELAY)
+        await send({"type": "http.response.start", "status": 500, "headers": ERROR_HEADERS})
+        await send({"type": "http.response.body", "body": ERROR})
+        return
+    if DELAY:
+        await asyncio.sleep(DELAY)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})

@@ -74,14 +74,14 @@ def process(args: list[str], health: str, env: dict[str, str] | None = None):
             proc.kill()
 
 
-def start_upstream(port: int):
+def start_upstream(port: int, **env: str):
     args = [sys.executable, "-m", "uvicorn", "--app-dir", "bench", "fast_upstream:app", "--port", str(port),
             "--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    return process(args, f"http://127.0.0.1:{port}/")
+    return process(args, f"http://127.0.0.1:{port}/", {**os.environ, **env} if env else None)
 
 
-def start_gateway(port: int, upstream: str, tmp: Path):
-    config = {
+def start_gateway(port: int, upstream: str, tmp: Path, config: dict | None = None):
+    config = config or {
         "server": {"log_level": "warning", "data_dir": str(tmp / "data")},
         "providers": {"up": {"type": "openai", "base_url": upstream, "api_key": "sk-bench"}},
         "models": {"gpt-image-1": [{"provider": "up"}]},
