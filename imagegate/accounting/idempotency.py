@@ -60,9 +60,7 @@ class IdempotencyStore:
                 if row is None:
                     continue  # released in between: try to claim again
                 if row.fingerprint != fingerprint:
-                    raise Conflict(
-                        "This Idempotency-Key was used with a different request body.", param="Idempotency-Key"
-                    )
+                    raise Conflict("This Idempotency-Key was used with a different request body.", param="Idempotency-Key")
                 if row.done:
                     return Replay(row.status or 200, dict(row.headers or {}), row.body or b"")
             if time.monotonic() > deadline:
@@ -81,9 +79,7 @@ class IdempotencyStore:
 
     async def release(self, scope: str, key: str) -> None:
         async with self._db.transaction() as session:
-            await session.execute(
-                delete(IdempotencyRecord).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
-            )
+            await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key))
 
     async def sweep(self) -> None:
         cutoff = utcnow() - timedelta(seconds=TTL_SECONDS)

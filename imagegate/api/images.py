@@ -84,9 +84,7 @@ async def _unless_disconnected(http: Request, work: Awaitable[T]) -> T:
 
 
 async def _run(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> JSONBody:
-    result, cost, served = await _unless_disconnected(
-        http, service.create(request, _base_url(http), caller, request_id(http))
-    )
+    result, cost, served = await _unless_disconnected(http, service.create(request, _base_url(http), caller, request_id(http)))
     return JSONBody(result, headers={COST_HEADER: usd_str(cost), **_served_headers(served)})
 
 
@@ -127,7 +125,7 @@ async def _idempotent(service: ImageService, request: ImageRequest, http: Reques
 
 def _served_headers(served: Served) -> dict[str, str]:
     return {
-        "x-imagegate-model": served.leg.request.model,  # type: ignore[attr-defined]
+        "x-imagegate-model": served.leg.request.model,
         "x-imagegate-provider": served.slot.deployment.provider,
         "x-imagegate-attempts": str(served.attempts),
     }

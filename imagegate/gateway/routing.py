@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from imagegate.config import RETRYABLE_KINDS, RoutingConfig
+from imagegate.contract.requests import ImageRequest
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
 from imagegate.providers.base import Deployment
 
@@ -158,7 +159,7 @@ class Leg:
     """One model of a request's chain: the request as that model sees it, its
     pool, and when to give up on it for the next model."""
 
-    request: object  # ImageRequest (kept generic to avoid an import cycle)
+    request: ImageRequest
     pool: Pool
     fallback_on: frozenset[str]
     only_provider: str | None = None  # a virtual key's provider
@@ -228,7 +229,7 @@ async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: boo
                     raise
         if attempts >= policy.max_attempts:
             break
-    raise exhausted(getattr(legs[0].request, "model", "?"), last)
+    raise exhausted(legs[0].request.model, last)
 
 
 def _pick(leg: Leg, tried: list[Slot]) -> Slot | None:
@@ -253,7 +254,7 @@ async def _acquire(lease: SlotLease, remaining: float) -> None:
         raise UpstreamTimeoutError("Every deployment was busy until the request's deadline.", code="deployments_busy") from None
 
 
-async def _attempt(call, request: object, deployment: Deployment, limit: float):  # noqa: ANN001, ANN202
+async def _attempt(call, request: ImageRequest, deployment: Deployment, limit: float):  # noqa: ANN001, ANN202
     try:
         async with asyncio.timeout(limit):
             return await call(request, deployment)

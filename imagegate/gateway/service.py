@@ -123,7 +123,7 @@ class ImageService:
         return legs
 
     def _candidates(self, legs: list[Leg]) -> list[tuple[ImageRequest, Deployment]]:
-        return [(leg.request, slot.deployment) for leg in legs for slot in leg.pool.slots]  # type: ignore[misc]
+        return [(leg.request, slot.deployment) for leg in legs for slot in leg.pool.slots]
 
     async def create(
         self, request: ImageRequest, base_url: str, caller: Caller, request_id: str
@@ -140,7 +140,7 @@ class ImageService:
         try:
             served = await execute(legs, call, policy)
             result: ProviderResult = served.value  # type: ignore[assignment]
-            req: ImageRequest = served.leg.request  # type: ignore[assignment]
+            req = served.leg.request
             shaped = await shape_images(req, result.images, self.settings.server.max_image_pixels)
             data = await asyncio.gather(*(self._render(req, s, base_url) for s in shaped))
         except BaseException as exc:  # failed or cancelled: charged nothing
@@ -172,7 +172,7 @@ class ImageService:
         except BaseException as exc:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
-        req: ImageRequest = served.leg.request  # type: ignore[assignment]
+        req = served.leg.request
         admission.serve(req, served.slot.deployment)
         head, rest = served.value  # type: ignore[misc]
         return admission.reserved, served, self._stream(req, head, rest, admission, served)

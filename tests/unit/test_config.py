@@ -65,6 +65,15 @@ def test_issue_shape_with_env_secret(tmp_path: Path) -> None:
         ("server: {port: [", {}, "invalid YAML at line"),
         ("", {"IMAGEGATE_SERVER__PROT": "1"}, "server.prot: unknown key"),
         ("auth: {api_keys: ['']}", {}, "auth.api_keys: an API key is empty"),
+        ("models: {a: {deployments: [{provider: demo}], fallbacks: [nope]}}", {}, "models.a.fallbacks: no model named 'nope'"),
+        (
+            "models: {a: {deployments: [{provider: demo}], fallbacks: [b]}, b: {deployments: [{provider: demo}], fallbacks: [a]}}",
+            {},
+            "the chain leads back to",
+        ),
+        ("models: {a: {deployments: [{provider: demo, weight: 0}]}}", {}, "models.a.deployments.0.weight"),
+        ("models: {a: {deployments: [{provider: demo}], fallback_on: [boredom]}}", {}, "models.a.fallback_on.0"),
+        ("routing: {max_attempts: 0}", {}, "routing.max_attempts"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, environ: dict[str, str], message: str) -> None:
