@@ -192,3 +192,30 @@ register(_gpt_image("gpt-image-1.5"))
 register(_gpt_image("chatgpt-image-latest"))
 register(_gpt_image("gpt-image-2", free_size=True))
 register(_gpt_image("gpt-image-2-2026-04-21", free_size=True))
+
+
+ANY_IMAGE_INPUT = InputRule(frozenset({"png", "webp", "jpeg"}), max_images=16, max_bytes=50 * MB)
+STANDARD_SIZES = ("auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792")
+
+
+def permissive(name: str, free_size: FreeSizeRule) -> ModelSpec:
+    """Rules that accept every field of the spec and every extension, any
+    standard size or ``WIDTHxHEIGHT`` within ``free_size``, any quality, all
+    three endpoints, and png/webp/jpeg inputs: for models whose own rules are
+    enforced elsewhere (an upstream's) or that take anything (test models)."""
+    return ModelSpec(
+        name=name,
+        endpoints=frozenset({GENERATIONS, EDITS, VARIATIONS}),
+        sizes=STANDARD_SIZES,
+        default_size="auto",
+        qualities=("auto", "low", "medium", "high", "standard", "hd"),
+        default_quality="auto",
+        prompt_max=32000,
+        accepts=GPT_IMAGE_FIELDS | EXTENSION_FIELDS | {"style"},
+        free_size=free_size,
+        edit_input=ANY_IMAGE_INPUT,
+        variation_input=InputRule(ANY_IMAGE_INPUT.formats, max_images=1, max_bytes=50 * MB),
+        mask_max_bytes=50 * MB,
+        reports_output_meta=True,
+        streams=True,
+    )

@@ -21,19 +21,7 @@ from typing import ClassVar, Literal
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pydantic import Field, field_validator
 
-from imagegate.contract.catalog import (
-    EDITS,
-    EXTENSION_FIELDS,
-    GENERATIONS,
-    GPT_IMAGE_FIELDS,
-    MB,
-    VARIATIONS,
-    FreeSizeRule,
-    InputRule,
-    ModelSpec,
-    parse_size,
-    register,
-)
+from imagegate.contract.catalog import EDITS, GENERATIONS, FreeSizeRule, parse_size, permissive, register
 from imagegate.contract.requests import ImageRequest
 from imagegate.imaging.convert import encode
 from imagegate.imaging.probe import decode
@@ -48,25 +36,8 @@ from imagegate.providers.base import (
     ProviderResult,
 )
 
-_ANY_INPUT = InputRule(frozenset({"png", "webp", "jpeg"}), max_images=16, max_bytes=50 * MB)
-
 TEST_PATTERN_RULES = register(
-    ModelSpec(
-        name="test-pattern",
-        endpoints=frozenset({GENERATIONS, EDITS, VARIATIONS}),
-        sizes=("auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792"),
-        default_size="auto",
-        qualities=("auto", "low", "medium", "high", "standard", "hd"),
-        default_quality="auto",
-        prompt_max=32000,
-        accepts=GPT_IMAGE_FIELDS | EXTENSION_FIELDS | {"style"},
-        free_size=FreeSizeRule(multiple_of=1, max_edge=4096, max_pixels=4096 * 4096, min_pixels=64),
-        edit_input=_ANY_INPUT,
-        variation_input=InputRule(frozenset({"png", "webp", "jpeg"}), max_images=1, max_bytes=50 * MB),
-        mask_max_bytes=50 * MB,
-        reports_output_meta=True,
-        streams=True,
-    )
+    permissive("test-pattern", FreeSizeRule(multiple_of=1, max_edge=4096, max_pixels=4096 * 4096, min_pixels=64))
 )
 
 

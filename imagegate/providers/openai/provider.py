@@ -19,17 +19,7 @@ import orjson
 from httpx_sse import EventSource, SSEError
 from pydantic import Field, SecretStr, field_validator
 
-from imagegate.contract.catalog import (
-    EDITS,
-    EXTENSION_FIELDS,
-    GENERATIONS,
-    GPT_IMAGE_FIELDS,
-    MB,
-    VARIATIONS,
-    FreeSizeRule,
-    InputRule,
-    ModelSpec,
-)
+from imagegate.contract.catalog import GENERATIONS, MB, FreeSizeRule, permissive
 from imagegate.contract.requests import ImageRequest
 from imagegate.errors import UpstreamError, UpstreamTimeoutError
 from imagegate.providers.base import (
@@ -45,26 +35,11 @@ from imagegate.providers.openai import wire
 from imagegate.providers.openai.fastjson import loads_images
 from imagegate.providers.transport import AiohttpTransport
 
-_ANY_INPUT = InputRule(frozenset({"png", "webp", "jpeg"}), max_images=16, max_bytes=50 * MB)
-
 # Rules for a model name the catalog does not know (e.g. FLUX behind an
 # OpenAI-compatible gateway): accept every spec field and extension and let
 # the upstream decide; its errors come back faithfully.
-OPENAI_COMPATIBLE_RULES = ModelSpec(
-    name="openai-compatible",
-    endpoints=frozenset({GENERATIONS, EDITS, VARIATIONS}),
-    sizes=("auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792"),
-    default_size="auto",
-    qualities=("auto", "standard", "hd", "low", "medium", "high"),
-    default_quality="auto",
-    prompt_max=32000,
-    accepts=GPT_IMAGE_FIELDS | EXTENSION_FIELDS | {"style"},
-    free_size=FreeSizeRule(multiple_of=1, max_edge=8192, max_pixels=8192 * 8192, max_aspect=8.0),
-    edit_input=_ANY_INPUT,
-    variation_input=InputRule(frozenset({"png", "webp", "jpeg"}), max_images=1, max_bytes=50 * MB),
-    mask_max_bytes=50 * MB,
-    reports_output_meta=True,
-    streams=True,
+OPENAI_COMPATIBLE_RULES = permissive(
+    "openai-compatible", FreeSizeRule(multiple_of=1, max_edge=8192, max_pixels=8192 * 8192, max_aspect=8.0)
 )
 
 
