@@ -43,22 +43,24 @@ def next_period(period: str, now: datetime) -> datetime | None:
     return None
 
 
+def _pk(table: type[ApiKey] | type[Team]):  # noqa: ANN202 - a column
+    return ApiKey.id if table is ApiKey else Team.name
+
+
 async def _roll(session: AsyncSession, table: type[ApiKey] | type[Team], ident: object, period: str, now: datetime) -> None:
     start = period_start(period, now)
-    pk = table.id if table is ApiKey else table.name  # type: ignore[union-attr]
     await session.execute(
         update(table)
-        .where(pk == ident, table.budget_period == period, table.period_start < start)
+        .where(_pk(table) == ident, table.budget_period == period, table.period_start < start)
         .values(spent_nusd=0, period_start=start)
         .execution_options(synchronize_session=False)
     )
 
 
 async def _reserve_row(session: AsyncSession, table, ident: object, amount: int) -> bool:  # noqa: ANN001
-    pk = table.id if table is ApiKey else table.name
     result = await session.execute(
         update(table)
-        .where(pk == ident)
+        .where(_pk(table) == ident)
         .where((table.budget_nusd.is_(None)) | (table.spent_nusd + table.reserved_nusd + amount <= table.budget_nusd))
         .values(reserved_nusd=table.reserved_nusd + amount)
         .execution_options(synchronize_session=False)
@@ -86,10 +88,9 @@ async def settle(session: AsyncSession, key_id: str, team: str | None, reserved:
     for table, ident in ((ApiKey, key_id), (Team, team)):
         if ident is None:
             continue
-        pk = table.id if table is ApiKey else table.name  # type: ignore[union-attr]
         await session.execute(
             update(table)
-            .where(pk == ident)
+            .where(_pk(table) == ident)
             .values(reserved_nusd=table.reserved_nusd - reserved, spent_nusd=table.spent_nusd + actual)
             .execution_options(synchronize_session=False)
         )

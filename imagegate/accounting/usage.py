@@ -121,6 +121,7 @@ class UsageWriter:
         self._pending: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._early: set[asyncio.Task[None]] = set()  # flushes started by a full buffer, kept alive
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="imagegate-usage-writer")
@@ -128,7 +129,9 @@ class UsageWriter:
     def add(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
         if len(self._pending) >= self._max_pending:
-            asyncio.get_running_loop().create_task(self.flush())
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._early.add(task)
+            task.add_done_callback(self._early.discard)
 
     async def _run(self) -> None:
         while True:
