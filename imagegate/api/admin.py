@@ -192,6 +192,12 @@ async def models(service: ServiceDep, _: AdminDep) -> JSONBody:
     return JSONBody({"object": "list", "data": data})
 
 
+@router.get("/providers", response_model=None)
+async def providers(service: ServiceDep, _: AdminDep) -> JSONBody:
+    """Each provider's runtime state: loaded local models, queues, batch counters."""
+    return JSONBody({name: {"type": p.type_name, **p.describe()} for name, p in service.providers.items()})
+
+
 @router.put("/virtual-keys/{name}", response_model=None)
 async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _: AdminDep) -> JSONBody:
     if body.provider not in service.providers:

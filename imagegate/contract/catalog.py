@@ -102,6 +102,10 @@ class ModelSpec:
     # Fields the gateway itself implements for this model and does not send
     # upstream (GPT image models take no response_format: the gateway hosts URLs).
     gateway_fields: frozenset[str] = frozenset()
+    # background=transparent can be honoured (else a clear 400 naming 'background').
+    transparency: bool = True
+    # Edits take a mask (inpainting); else a clear 400 naming 'mask'.
+    masks: bool = True
 
     def allows_size(self, size: str) -> str | None:
         """None if ``size`` is fine for this model, else the reason."""

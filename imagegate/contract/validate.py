@@ -182,6 +182,12 @@ def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
             f"Invalid value: '{quality}'. Supported values for 'quality' with model '{name}' are: {_quote_list(spec.qualities)}.",
             param="quality",
         )
+    if getattr(fields, "background", None) == "transparent" and not spec.transparency:
+        raise InvalidRequestError(
+            f"Model '{name}' cannot make transparent backgrounds; use background 'opaque' or 'auto'.",
+            param="background",
+            code="unsupported_background",
+        )
     _check_combinations(fields)
 
 
@@ -241,6 +247,12 @@ async def load_inputs(
                 param=field,
                 code="image_too_large",
             )
+    if mask is not None and not spec.masks:
+        raise InvalidRequestError(
+            f"Model '{name}' does not take a mask (no inpainting); send the edit without one.",
+            param="mask",
+            code="unsupported_mask",
+        )
     if mask is not None and len(mask[1]) > spec.mask_max_bytes:
         raise InvalidImageError(
             f"The mask is {len(mask[1])} bytes; model '{name}' takes masks under {spec.mask_max_bytes // (1024 * 1024)} MB.",
@@ -299,6 +311,8 @@ def retarget(request: ImageRequest, model: str, spec: ModelSpec) -> ImageRequest
     try:
         check_rules(request.endpoint, request.params, model, spec)
     except InvalidRequestError:
+        return None
+    if request.mask is not None and not spec.masks:
         return None
     if request.images:
         rule = spec.variation_input if request.endpoint == VARIATIONS else spec.edit_input

@@ -12,7 +12,7 @@ from imagegate.contract.catalog import ModelSpec
 from imagegate.errors import ConfigError
 from imagegate.gateway.routing import Pool, Slot
 from imagegate.providers.base import Deployment
-from imagegate.providers.registry import provider_class
+from imagegate.providers.registry import provider_class, validate_provider_options
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,12 @@ def rules_for(settings: Settings, name: str) -> ModelSpec:
     first = route.deployments[0]
     spec = catalog.lookup(name) or catalog.lookup(first.model)
     if spec is None:
-        spec = provider_class(settings.providers[first.provider].type).default_rules
+        provider = settings.providers[first.provider]
+        options = validate_provider_options(first.provider, provider)
+        try:
+            spec = provider_class(provider.type).rules_for(options, first.model or name)
+        except ConfigError as exc:
+            raise ConfigError(f"models.{name}: {exc}") from None
     if spec is None:
         raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(catalog.names())}")
     return spec

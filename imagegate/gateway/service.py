@@ -286,6 +286,8 @@ class ImageService:
 
     async def start(self) -> None:
         await self.accounting.start()
+        for name, provider in self.providers.items():
+            await provider.start([d.model for r in self.routes.values() for d in r.deployments if d.provider == name])
         for name, route in self.routes.items():
             for dep in route.deployments:
                 if self.accounting.price_for(name, dep.model, route.rules.name) is None:

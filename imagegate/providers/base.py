@@ -27,7 +27,7 @@ Contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -162,6 +162,13 @@ class Provider(ABC):
     # name nor the upstream name is in the catalog. None: the name must be known.
     default_rules: ClassVar[ModelSpec | None] = None
 
+    @classmethod
+    def rules_for(cls, options: ProviderOptions, model: str) -> ModelSpec | None:
+        """Catalog rules for ``model`` on a provider with ``options``, when the
+        catalog has none for it (a local model's rules depend on its files).
+        Raise ConfigError when the model cannot be served at all."""
+        return cls.default_rules
+
     def __init__(self, name: str, options: ProviderOptions, context: ProviderContext) -> None:
         self.name = name
         self.options = options
@@ -185,6 +192,14 @@ class Provider(ABC):
         last = len(result.images) - 1
         for i, image in enumerate(result.images):
             yield CompletedImage(image, result.usage if i == last else None, result.meta)
+
+    async def start(self, models: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Work to do when the server starts; ``models`` are the upstream model
+        names the config's deployments use on this provider (for preloading)."""
+
+    def describe(self) -> dict[str, object]:
+        """Runtime state for ``/admin/providers`` (loaded models, queues, counters)."""
+        return {}
 
     async def ready(self) -> bool:
         """Whether the provider can take requests now (for ``/readyz``)."""

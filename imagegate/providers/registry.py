@@ -19,6 +19,7 @@ from imagegate.providers.base import Provider, ProviderContext
 _TYPES: dict[str, str] = {
     "test-pattern": "imagegate.providers.test_pattern:TestPatternProvider",
     "openai": "imagegate.providers.openai.provider:OpenAIProvider",
+    "diffusers": "imagegate.providers.local.provider:DiffusersProvider",
 }
 
 

@@ -1,0 +1,173 @@
+"""One request as pipeline inputs (:class:`Work`), and one batch of them as
+one pipeline call whose images are split back to each request.
+
+Every image gets its own ``torch.Generator`` seeded on the CPU, so an image's
+starting noise depends only on its seed: the same seed gives the same image
+whether it ran alone or in a batch, on any device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from imagegate.contract.catalog import GENERATIONS, parse_size
+from imagegate.contract.requests import ImageRequest
+from imagegate.errors import InvalidRequestError
+from imagegate.imaging.probe import decode
+from imagegate.providers.local.batcher import Batch
+from imagegate.providers.local.families import ModelInfo
+from imagegate.providers.local.runtime import LoadedModel, ModelUnavailable
+from imagegate.providers.local.sizing import render_size
+
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINT = "text-to-image", "image-to-image", "inpaint"
+_STEP_FACTOR = {"low": 0.5, "high": 1.5, "hd": 1.5}  # quality -> share of the default steps
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    task: str
+    prompt: str
+    negative_prompt: str | None
+    seeds: tuple[int, ...]  # one per image
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    strength: float
+    image: Image.Image | None = None  # RGB at the render size
+    edit_area: Image.Image | None = None  # "L" at the render size, 255 = repaint
+
+    @property
+    def key(self) -> tuple:
+        """Requests with equal keys can share one pipeline call."""
+        return (self.task, self.width, self.height, self.steps, self.guidance, self.strength, self.negative_prompt is None)
+
+
+def _seeds(request: ImageRequest) -> tuple[int, ...]:
+    if request.seed is not None:  # image i gets seed + i: reproducible, and distinct per image
+        return tuple((request.seed + i) % 2**32 for i in range(request.n))
+    return tuple(secrets.randbits(32) for _ in range(request.n))
+
+
+def _steps(request: ImageRequest, info: ModelInfo, task: str, strength: float) -> int:
+    steps = request.params.num_inference_steps
+    if steps is None:
+        steps = max(1, round(info.steps * _STEP_FACTOR.get(request.quality, 1.0)))
+    if task != TEXT_TO_IMAGE and strength < 1 and int(steps * strength) < 1:
+        steps = math.ceil(1 / strength)  # image-to-image runs steps * strength of them: at least one
+    return steps
+
+
+def prepare(request: ImageRequest, info: ModelInfo, max_pixels: int) -> Work:
+    """Decode and size the inputs (CPU work: call it off the event loop)."""
+    first = request.images[0] if request.images else None
+    asked = parse_size(request.params.size) if request.params.size else None
+    width, height = render_size(asked, (first.info.width, first.info.height) if first else None, info.native, info.multiple)
+    task = TEXT_TO_IMAGE if request.endpoint == GENERATIONS else INPAINT if request.mask is not None else IMAGE_TO_IMAGE
+    strength = 1.0 if task == INPAINT else info.strength
+    image = edit_area = None
+    if first is not None:
+        image = ImageOps.fit(decode(first.data, max_pixels=max_pixels).convert("RGB"), (width, height))
+    if request.mask is not None:
+        # OpenAI's convention: fully transparent mask pixels mark the area to edit.
+        alpha = decode(request.mask.data, max_pixels=max_pixels).convert("RGBA").getchannel("A")
+        edit_area = ImageOps.fit(alpha.point(lambda a: 255 if a == 0 else 0), (width, height), Image.Resampling.NEAREST)
+    guidance = request.params.guidance_scale if request.params.guidance_scale is not None else info.guidance
+    return Work(
+        task=task,
+        prompt=request.prompt,
+        negative_prompt=request.params.negative_prompt,
+        seeds=_seeds(request),
+        width=width,
+        height=height,
+        steps=_steps(request, info, task, strength),
+        guidance=float(guidance),
+        strength=strength,
+        image=image,
+        edit_area=edit_area,
+    )
+
+
+def _task_pipeline(model: LoadedModel, task: str) -> Any:
+    if task == TEXT_TO_IMAGE or (model.info.family.edit_pipeline and task == IMAGE_TO_IMAGE):
+        return model.pipe
+    pipe = model.tasks.get(task)
+    if pipe is None:
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+        auto = AutoPipelineForInpainting if task == INPAINT else AutoPipelineForImage2Image
+        try:
+            pipe = auto.from_pipe(model.pipe)  # shares the loaded modules: no extra memory
+        except ValueError as exc:
+            param = "mask" if task == INPAINT else "image"
+            raise InvalidRequestError(f"Model '{model.info.name}' cannot do {task}: {exc}", param=param) from exc
+        pipe.set_progress_bar_config(disable=True)
+        model.tasks[task] = pipe
+    return pipe
+
+
+def _encode(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)  # the gateway re-encodes to what the client asked for
+    return out.getvalue()
+
+
+def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]:
+    """One pipeline call for every job of ``batch`` (same key); PNG bytes per job."""
+    works: list[Work] = batch.payloads
+    head = works[0]
+    pipe = _task_pipeline(model, head.task)
+    accepted = inspect.signature(pipe.__call__).parameters
+    kwargs: dict[str, Any] = {
+        "prompt": [w.prompt for w in works for _ in w.seeds],
+        "num_inference_steps": head.steps,
+        "guidance_scale": head.guidance,
+        "generator": [torch.Generator("cpu").manual_seed(s) for w in works for s in w.seeds],
+        "height": head.height,
+        "width": head.width,
+        "output_type": "pil",
+    }
+    if head.negative_prompt is not None:
+        kwargs["negative_prompt"] = [w.negative_prompt or "" for w in works for _ in w.seeds]
+    if head.task != TEXT_TO_IMAGE:
+        kwargs["image"] = [w.image for w in works for _ in w.seeds]
+        kwargs["strength"] = head.strength
+    if head.task == INPAINT:
+        kwargs["mask_image"] = [w.edit_area for w in works for _ in w.seeds]
+    if "callback_on_step_end" in accepted:
+
+        def stop_if_abandoned(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            if batch.abandoned():  # every caller hung up: stop at this step
+                pipeline._interrupt = True
+            return tensors
+
+        kwargs["callback_on_step_end"] = stop_if_abandoned
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    try:
+        with torch.inference_mode():
+            output = pipe(**kwargs)
+    except torch.OutOfMemoryError as exc:
+        raise ModelUnavailable(f"Local model '{model.info.name}' ran out of device memory.", code="out_of_memory") from exc
+    images = list(output.images)
+    flagged = list(getattr(output, "nsfw_content_detected", None) or [False] * len(images))
+    results: list[list[bytes] | Exception] = []
+    for w in works:
+        mine, images = images[: len(w.seeds)], images[len(w.seeds) :]
+        blocked, flagged = any(flagged[: len(w.seeds)]), flagged[len(w.seeds) :]
+        if blocked:
+            results.append(
+                InvalidRequestError("The model's safety checker flagged the generated image.", code="content_policy_violation")
+            )
+            continue
+        if w.edit_area is not None and w.image is not None:  # keep every pixel outside the edit area
+            mine = [Image.composite(img.convert("RGB"), w.image, w.edit_area) for img in mine]
+        results.append([_encode(img) for img in mine])
+    return results
