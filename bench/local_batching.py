@@ -156,9 +156,7 @@ def plain_diffusers(model: str, args: argparse.Namespace) -> tuple[float, float]
             done += n
         return done / (time.monotonic() - started)
 
-    one, many = rate(1), rate(args.concurrency)
-    del pipe
-    return one, many
+    return rate(1), rate(args.concurrency)
 
 
 def main() -> None:
