@@ -23,6 +23,10 @@ _TYPES: dict[str, str] = {
 }
 
 
+# What to install for a provider type's optional dependencies.
+_EXTRAS = {"diffusers": " (pip install torch==<your build>, then pip install 'imagegate[local]')"}
+
+
 def known_types() -> list[str]:
     return sorted(_TYPES)
 
@@ -33,7 +37,13 @@ def provider_class(type_name: str) -> type[Provider]:
     except KeyError:
         raise ConfigError(f"unknown provider type {type_name!r} (known: {', '.join(known_types())})") from None
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("imagegate"):
+            raise
+        hint = _EXTRAS.get(type_name, "")
+        raise ConfigError(f"provider type {type_name!r} needs the Python package {exc.name!r}{hint}") from exc
 
 
 def validate_provider_options(name: str, config: ProviderConfig):

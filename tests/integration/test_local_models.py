@@ -370,3 +370,20 @@ def test_offline_mode_names_the_missing_model(tmp_path: Path) -> None:
 def test_a_missing_model_directory_is_a_config_error(tmp_path: Path) -> None:
     r = _check_config(tmp_path, local_config(tmp_path / "nowhere"))
     assert r.returncode == 2 and f"local model '{tmp_path / 'nowhere'}': no such directory" in r.stderr
+
+
+def test_family_rules_refuse_what_the_family_cannot_do(make_server, tiny_model: Path) -> None:
+    # The rules come from the family (here forced to Kontext's): no mask, no negative prompt.
+    config = local_config(tiny_model, models={str(tiny_model): {"family": "flux-kontext"}})
+    client = make_server(config).sdk(MASTER)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.edit(
+            model="tiny",
+            image=("in.png", textured(), "image/png"),
+            mask=("mask.png", make_mask(NATIVE, NATIVE, (0, 0, 8, 8)), "image/png"),
+            prompt="x",
+        )
+    assert err.value.body["param"] == "mask" and err.value.body["code"] == "unsupported_mask"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny", prompt="x", extra_body={"negative_prompt": "blur"})
+    assert err.value.body["param"] == "negative_prompt"

@@ -97,3 +97,11 @@ def test_hub_ids_offline_and_online(tmp_path: Path) -> None:
 )
 def test_render_sizes(asked, input_size, native, multiple, expected) -> None:
     assert render_size(asked, input_size, native, multiple) == expected
+
+
+def test_a_provider_type_without_its_packages_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagegate.providers import registry
+
+    monkeypatch.setitem(registry._TYPES, "diffusers", "absent_dependency_xyz.provider:Provider")
+    with pytest.raises(ConfigError, match="needs the Python package 'absent_dependency_xyz'.*imagegate\\[local\\]"):
+        registry.provider_class("diffusers")
