@@ -29,17 +29,40 @@ def _byte_chars() -> list[str]:
     return chars
 
 
+_TOKENS = ["<|startoftext|>", "<|endoftext|>", *_byte_chars(), *(c + "</w>" for c in _byte_chars())]
+
+
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        (Path(vocab_dir) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(_TOKENS)}))
+        (Path(vocab_dir) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+
+
 def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> Path:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
-    tokens = ["<|startoftext|>", "<|endoftext|>", *_byte_chars(), *(c + "</w>" for c in _byte_chars())]
-    with tempfile.TemporaryDirectory() as vocab_dir:
-        (Path(vocab_dir) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-        (Path(vocab_dir) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
+    tokens = _TOKENS
+    tokenizer = _tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(4, 8),
@@ -53,15 +76,7 @@ def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> 
         norm_num_groups=2,
         attention_head_dim=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-    )
+    vae = _vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
@@ -96,6 +111,65 @@ def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> 
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0) -> Path:
+    """SDXL's shape in miniature (two text encoders, micro-conditioning), as in
+    diffusers' SDXL tests; native 64x64."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=8 * 6 + 32,  # six time ids + the pooled text embedding
+        cross_attention_dim=64,  # both text encoders' hidden states side by side
+        norm_num_groups=1,
+    )
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(_TOKENS),
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    tokenizer = _tokenizer()
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=_vae(),
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(path)
+    return Path(path)
 
 
 def copy_pipeline(source: Path, target: Path) -> Path:

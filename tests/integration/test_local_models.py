@@ -19,7 +19,7 @@ import openai
 import pytest
 import yaml
 from PIL import Image
-from tiny_pipeline import build_tiny_pipeline, copy_pipeline
+from tiny_pipeline import build_tiny_pipeline, build_tiny_sdxl_pipeline, copy_pipeline
 
 from support import SIGNING_KEY, Running, decode_b64, make_mask
 
@@ -387,3 +387,30 @@ def test_family_rules_refuse_what_the_family_cannot_do(make_server, tiny_model: 
     with pytest.raises(openai.BadRequestError) as err:
         client.images.generate(model="tiny", prompt="x", extra_body={"negative_prompt": "blur"})
     assert err.value.body["param"] == "negative_prompt"
+
+
+def test_an_sdxl_pipeline_generates_batches_and_inpaints(make_server, tmp_path: Path) -> None:
+    model = build_tiny_sdxl_pipeline(tmp_path / "tiny-sdxl")
+    server = make_server(local_config(model, max_batch_size=8, max_batch_wait_ms=400))
+    assert provider_state(server)["models"] == {}  # nothing loaded before the first request
+    requests = [
+        {"prompt": f"p{i}", "extra_body": {"seed": i, "num_inference_steps": 2, "negative_prompt": "x"}} for i in range(3)
+    ]
+    together = _burst(server, requests)
+    assert stats(server)["largest_batch"] == 3
+    assert stats(server)["family"] == "sdxl"
+    alone = server.sdk(MASTER).images.generate(model="tiny", **requests[1])
+    assert np.abs(pixels(together[1].data[0].b64_json) - pixels(alone.data[0].b64_json)).max() <= 2
+    source = textured(seed=8)
+    box = (0, 0, 32, 24)
+    r = server.sdk(MASTER).images.edit(
+        model="tiny",
+        image=("in.png", source, "image/png"),
+        mask=("mask.png", make_mask(NATIVE, NATIVE, box), "image/png"),
+        prompt="x",
+        extra_body={"seed": 2, "num_inference_steps": 2},
+    )
+    out, before = pixels(r.data[0].b64_json), np.asarray(Image.open(io.BytesIO(source)).convert("RGB"), dtype=np.int16)
+    inside = np.zeros(out.shape[:2], dtype=bool)
+    inside[box[1] : box[3], box[0] : box[2]] = True
+    assert np.array_equal(out[~inside], before[~inside]) and np.abs(out[inside] - before[inside]).mean() > 20

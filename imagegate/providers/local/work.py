@@ -151,11 +151,17 @@ def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]
 
         kwargs["callback_on_step_end"] = stop_if_abandoned
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # per-call notices (e.g. SDXL's VAE upcast) would flood the log
     try:
         with torch.inference_mode():
             output = pipe(**kwargs)
     except torch.OutOfMemoryError as exc:
         raise ModelUnavailable(f"Local model '{model.info.name}' ran out of device memory.", code="out_of_memory") from exc
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     images = list(output.images)
     flagged = list(getattr(output, "nsfw_content_detected", None) or [False] * len(images))
     results: list[list[bytes] | Exception] = []
