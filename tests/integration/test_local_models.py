@@ -166,10 +166,48 @@ def test_transparency_is_refused_clearly(sdk: openai.OpenAI) -> None:
     assert err.value.body["param"] == "background" and err.value.body["code"] == "unsupported_background"
 
 
-def test_streaming_ends_with_the_completed_image(sdk: openai.OpenAI) -> None:
+def test_streaming_sends_latent_previews_then_the_image(sdk: openai.OpenAI) -> None:
+    stream = sdk.images.generate(
+        model="tiny", prompt="x", stream=True, partial_images=2, extra_body={"seed": 4, "num_inference_steps": 6}
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    final = pixels(events[-1].b64_json)
+    previews = [pixels(e.b64_json) for e in events[:2]]
+    assert all(p.shape == final.shape == (NATIVE, NATIVE, 3) for p in previews)
+    assert np.abs(previews[0] - final).mean() > np.abs(previews[1] - final).mean(), "previews converge on the image"
+    plain = sdk.images.generate(model="tiny", prompt="x", extra_body={"seed": 4, "num_inference_steps": 6})
+    assert np.array_equal(pixels(plain.data[0].b64_json), final), "previews do not change the result"
+
+
+def test_streaming_without_partials_and_with_few_steps(sdk: openai.OpenAI) -> None:
     events = list(sdk.images.generate(model="tiny", prompt="x", stream=True, extra_body=FAST))
-    assert events[-1].type == "image_generation.completed"
-    assert decode_b64(events[-1].b64_json).size == (NATIVE, NATIVE)
+    assert [e.type for e in events] == ["image_generation.completed"]
+    events = list(sdk.images.generate(model="tiny", prompt="x", stream=True, partial_images=3, extra_body=FAST))
+    assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]
+
+
+def test_an_inpainting_stream_previews_keep_the_unmasked_pixels(sdk: openai.OpenAI) -> None:
+    source = textured(seed=12)
+    box = (8, 8, 40, 40)
+    events = list(
+        sdk.images.edit(
+            model="tiny",
+            image=("in.png", source, "image/png"),
+            mask=("mask.png", make_mask(NATIVE, NATIVE, box), "image/png"),
+            prompt="x",
+            stream=True,
+            partial_images=1,
+            extra_body={"seed": 1, "num_inference_steps": 4},
+        )
+    )
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+    before = np.asarray(Image.open(io.BytesIO(source)).convert("RGB"), dtype=np.int16)
+    inside = np.zeros((NATIVE, NATIVE), dtype=bool)
+    inside[box[1] : box[3], box[0] : box[2]] = True
+    for event in events:
+        assert np.array_equal(pixels(event.b64_json)[~inside], before[~inside])
 
 
 # -- edits and variations -------------------------------------------------------

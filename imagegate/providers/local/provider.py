@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import ClassVar
@@ -12,12 +12,21 @@ from typing import ClassVar
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
 from imagegate.errors import ImagegateError, RateLimitError
-from imagegate.providers.base import Deployment, GeneratedImage, ImageMeta, Provider, ProviderContext, ProviderResult
+from imagegate.providers.base import (
+    CompletedImage,
+    Deployment,
+    GeneratedImage,
+    ImageMeta,
+    PartialImage,
+    Provider,
+    ProviderContext,
+    ProviderResult,
+)
 from imagegate.providers.local.batcher import Batch, Batcher, QueueFull
 from imagegate.providers.local.families import ModelInfo, describe_model, rules
 from imagegate.providers.local.options import DiffusersOptions
 from imagegate.providers.local.runtime import GB, ModelCache, pick_device
-from imagegate.providers.local.work import prepare, run_batch
+from imagegate.providers.local.work import PartialSink, prepare, run_batch
 
 log = logging.getLogger("imagegate.providers.diffusers")
 
@@ -79,12 +88,16 @@ class DiffusersProvider(Provider):
 
     # -- the contract ------------------------------------------------------
 
-    async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
+    async def _images(self, request: ImageRequest, deployment: Deployment, sink: PartialSink | None = None) -> list[bytes]:
         info = self._info(deployment.model)
         work = await asyncio.to_thread(prepare, request, info, self.context.max_image_pixels)
         batcher, size = self._batcher(info), self.options.max_batch_size
         # More images than one call may hold: run them in parts (each may share a call with others).
-        parts = [replace(work, seeds=work.seeds[i : i + size]) for i in range(0, len(work.seeds), size)]
+        # Partial images, when streamed, are of the first image.
+        parts = [
+            replace(work, seeds=work.seeds[i : i + size], partial_images=request.partial_images if i == 0 else 0, sink=sink)
+            for i in range(0, len(work.seeds), size)
+        ]
         tasks = [asyncio.ensure_future(batcher.submit(part.key, len(part.seeds), part)) for part in parts]
         try:
             try:
@@ -100,9 +113,44 @@ class DiffusersProvider(Provider):
                 code="queue_full",
                 retry_after=exc.retry_after,
             ) from None
+        return [png for part in results for png in part]
+
+    @staticmethod
+    def _meta(request: ImageRequest) -> ImageMeta:
         quality = request.quality if request.quality in ("low", "medium", "high") else "medium"
-        pngs = [png for part in results for png in part]
-        return ProviderResult([GeneratedImage(png, "png") for png in pngs], meta=ImageMeta(quality=quality, background="opaque"))
+        return ImageMeta(quality=quality, background="opaque")
+
+    async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
+        pngs = await self._images(request, deployment)
+        return ProviderResult([GeneratedImage(png, "png") for png in pngs], meta=self._meta(request))
+
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+        """Partial images are previews decoded from the latents part way
+        through the steps (fewer than asked when there are fewer steps)."""
+        loop = asyncio.get_running_loop()
+        partials: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+
+        def sink(index: int, png: bytes) -> None:  # called on the worker thread
+            loop.call_soon_threadsafe(partials.put_nowait, (index, png))
+
+        meta = self._meta(request)
+        images = asyncio.ensure_future(self._images(request, deployment, sink if request.partial_images else None))
+        try:
+            while not images.done():
+                waiter = asyncio.ensure_future(partials.get())
+                await asyncio.wait({waiter, images}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    break
+                index, png = waiter.result()
+                yield PartialImage(index, GeneratedImage(png, "png"), meta)
+            while not partials.empty():  # sent before the last step finished
+                index, png = partials.get_nowait()
+                yield PartialImage(index, GeneratedImage(png, "png"), meta)
+            for png in images.result():
+                yield CompletedImage(GeneratedImage(png, "png"), None, meta)
+        finally:
+            images.cancel()
 
     generate = edit = variation = run
 

@@ -12,6 +12,7 @@ import inspect
 import io
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ from imagegate.providers.local.batcher import Batch
 from imagegate.providers.local.families import ModelInfo
 from imagegate.providers.local.runtime import LoadedModel, ModelUnavailable
 from imagegate.providers.local.sizing import render_size
+
+# Receives (partial_image_index, PNG) on the worker thread while a request's first image is made.
+PartialSink = Callable[[int, bytes], None]
 
 TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINT = "text-to-image", "image-to-image", "inpaint"
 _STEP_FACTOR = {"low": 0.5, "high": 1.5, "hd": 1.5}  # quality -> share of the default steps
@@ -44,6 +48,16 @@ class Work:
     strength: float
     image: Image.Image | None = None  # RGB at the render size
     edit_area: Image.Image | None = None  # "L" at the render size, 255 = repaint
+    partial_images: int = 0  # previews of the first image, streamed to sink
+    sink: PartialSink | None = None
+
+    def preview_steps(self) -> dict[int, int]:
+        """Step index -> partial_image_index, evenly spread before the last step."""
+        steps = self.steps if self.task == TEXT_TO_IMAGE else max(1, int(self.steps * self.strength))
+        if not self.sink or not self.partial_images or steps < 2:
+            return {}
+        at = sorted({min(steps - 2, (p + 1) * steps // (self.partial_images + 1) - 1) for p in range(self.partial_images)})
+        return {step: index for index, step in enumerate(s for s in at if s >= 0)}
 
     @property
     def key(self) -> tuple:
@@ -120,6 +134,35 @@ def _encode(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def _decode_preview(pipe: Any, latents: Any, work: Work) -> bytes:
+    """A latent preview: the current latents through the VAE, as PNG."""
+    if hasattr(pipe, "_unpack_latents"):  # FLUX packs latents into patches
+        latents = pipe._unpack_latents(latents, work.height, work.width, pipe.vae_scale_factor)
+    config = pipe.vae.config
+    latents = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0)
+    pixels = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+    image = pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+    if work.edit_area is not None and work.image is not None:
+        image = Image.composite(image.convert("RGB"), work.image, work.edit_area)
+    return _encode(image)
+
+
+def _previewers(pipe: Any, works: list[Work]) -> list[Callable[[int, Any], None]]:
+    """Per request that streams partial images: a hook decoding its first image's row."""
+    hooks, row = [], 0
+    for work in works:
+        steps = work.preview_steps()
+        if steps and work.sink is not None:
+
+            def hook(step: int, latents: Any, work: Work = work, row: int = row, steps: dict = steps) -> None:
+                if step in steps and work.sink is not None:
+                    work.sink(steps[step], _decode_preview(pipe, latents[row : row + 1], work))
+
+            hooks.append(hook)
+        row += len(work.seeds)
+    return hooks
+
+
 def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]:
     """One pipeline call for every job of ``batch`` (same key); PNG bytes per job."""
     works: list[Work] = batch.payloads
@@ -143,13 +186,17 @@ def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]
     if head.task == INPAINT:
         kwargs["mask_image"] = [w.edit_area for w in works for _ in w.seeds]
     if "callback_on_step_end" in accepted:
+        previews = _previewers(pipe, works)
 
-        def stop_if_abandoned(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
             if batch.abandoned():  # every caller hung up: stop at this step
                 pipeline._interrupt = True
+            elif previews:
+                for preview in previews:
+                    preview(step, tensors["latents"])
             return tensors
 
-        kwargs["callback_on_step_end"] = stop_if_abandoned
+        kwargs["callback_on_step_end"] = on_step
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     from diffusers.utils import logging as diffusers_logging
 
