@@ -17,7 +17,12 @@ Target on CPU with the tiny pipeline: batching on >= 1.5x batching off at 8
 concurrent requests.
 
     python bench/local_batching.py [--concurrency 8] [--seconds 10] [--steps 4]
-        [--model DIR] [--device auto] [--dtype auto] [--size auto]
+        [--model DIR | --architecture sd-turbo|sdxl] [--device auto] [--dtype auto] [--size auto]
+
+``--architecture`` builds a real-size model with random weights (speed does
+not depend on the weights): SD-Turbo's (SD 2.1 UNet, OpenCLIP-H text encoder,
+512x512) or SDXL's (2.6B UNet, two text encoders, 1024x1024). For GPUs:
+``--architecture sdxl --device cuda --dtype float16``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,66 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from overhead import free_port, process  # noqa: E402
 
 MASTER = "sk-bench-master-0123456789abcdef"
+
+
+def build_real_size(path: Path, architecture: str) -> Path:
+    """A real-size SD-Turbo or SDXL architecture with random weights (fp16 files)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from tiny_pipeline import clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        scaling_factor=0.18215 if architecture == "sd-turbo" else 0.13025,
+    )
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+
+    def text(hidden: int, layers: int, heads: int, act: str, projection: int | None = None):
+        config = CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads, hidden_act=act, vocab_size=49408, max_position_embeddings=77,
+                                bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=projection or hidden)  # fmt: skip
+        return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+    if architecture == "sd-turbo":
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+        )
+        pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text(1024, 23, 16, "gelu"), tokenizer=tokenizer,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)  # fmt: skip
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            cross_attention_dim=2048,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=text(768, 12, 12, "quick_gelu"),
+                                         text_encoder_2=text(1280, 32, 20, "gelu", projection=1280), tokenizer=tokenizer,
+                                         tokenizer_2=tokenizer, scheduler=scheduler)  # fmt: skip
+    pipe.to(torch.float16).save_pretrained(path)
+    return path
 
 
 def gateway_config(model: str, tmp: Path, args: argparse.Namespace, batch: int) -> dict:
@@ -166,6 +231,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--wait-ms", type=float, default=20)
     parser.add_argument("--model", help="a diffusers model directory (default: build the tiny test pipeline)")
+    parser.add_argument("--architecture", choices=["sd-turbo", "sdxl"], help="build a real-size model with random weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--size", default="auto")
@@ -174,7 +240,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model
-        if model is None:
+        if args.architecture:
+            model = str(build_real_size(tmp / args.architecture, args.architecture))
+        elif model is None:
             from tiny_pipeline import build_tiny_pipeline
 
             model = str(build_tiny_pipeline(tmp / "tiny-sd"))

@@ -32,7 +32,7 @@ def _byte_chars() -> list[str]:
 _TOKENS = ["<|startoftext|>", "<|endoftext|>", *_byte_chars(), *(c + "</w>" for c in _byte_chars())]
 
 
-def _tokenizer():
+def clip_tokenizer():
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as vocab_dir:
@@ -62,7 +62,7 @@ def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> 
 
     path = Path(path)
     tokens = _TOKENS
-    tokenizer = _tokenizer()
+    tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(4, 8),
@@ -158,7 +158,7 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0) -> Path:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    tokenizer = _tokenizer()
+    tokenizer = clip_tokenizer()
     pipe = StableDiffusionXLPipeline(
         unet=unet,
         vae=_vae(),
