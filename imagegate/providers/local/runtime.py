@@ -2,14 +2,16 @@
 library's progress bars in the terminal), and least-recently-used eviction
 under a memory budget.
 
-Everything here runs on the provider's single worker thread (one device, one
-pipeline at a time), so the cache needs no locks.
+Loading and eviction run on the provider's single worker thread (one device,
+one pipeline at a time); a lock only keeps ``/admin/providers`` snapshots
+consistent while the worker changes the table.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class ModelCache:
         self.options = options
         self.budget = int(options.memory_budget_gb * GB) if options.memory_budget_gb else None
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
         self.loads = 0
         self.evictions = 0
 
@@ -105,13 +108,15 @@ class ModelCache:
         return sum(m.nbytes for m in self._models.values())
 
     def loaded(self) -> dict[str, LoadedModel]:
-        return dict(self._models)
+        with self._lock:
+            return dict(self._models)
 
     def get(self, info: ModelInfo) -> LoadedModel:
         model = self._models.get(info.name)
         if model is None:
             model = self._load(info)
-        self._models.move_to_end(info.name)
+        with self._lock:
+            self._models.move_to_end(info.name)
         model.last_used = time.time()
         return model
 
@@ -125,7 +130,8 @@ class ModelCache:
                 self.evict(name)
 
     def evict(self, name: str) -> None:
-        model = self._models.pop(name)
+        with self._lock:
+            model = self._models.pop(name)
         log.info("evicting local model %s (%.2f GB) to stay within the memory budget", name, model.nbytes / GB)
         model.tasks.clear()
         del model
@@ -166,7 +172,8 @@ class ModelCache:
         self._make_room(nbytes, keep=None)
         now = time.time()
         model = LoadedModel(info, pipe, nbytes, device, dtype, now, now)
-        self._models[info.name] = model
+        with self._lock:
+            self._models[info.name] = model
         self.loads += 1
         log.info("loaded local model %s: %.2f GB in %.1f s", info.name, nbytes / GB, time.monotonic() - started)
         return model
@@ -184,5 +191,6 @@ class ModelCache:
 
     def clear(self) -> None:
         """Drop every model (shutdown); not counted as evictions."""
-        self._models.clear()
+        with self._lock:
+            self._models.clear()
         gc.collect()
