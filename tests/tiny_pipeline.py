@@ -55,13 +55,42 @@ def _vae():
     )
 
 
+def _text_config(hidden: int, intermediate: int, heads: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_hidden_layers=2,
+        vocab_size=len(_TOKENS),
+        max_position_embeddings=77,
+        projection_dim=hidden,
+    )
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> Path:
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     path = Path(path)
-    tokens = _TOKENS
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -77,34 +106,13 @@ def build_tiny_pipeline(path: Path, *, seed: int = 0, sample_size: int = 32) -> 
         attention_head_dim=2,
     )
     vae = _vae()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=8,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            vocab_size=len(tokens),
-            max_position_embeddings=77,
-            projection_dim=8,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    text_encoder = CLIPTextModel(_text_config(hidden=8, intermediate=16, heads=2))
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -117,8 +125,8 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0) -> Path:
     """SDXL's shape in miniature (two text encoders, micro-conditioning), as in
     diffusers' SDXL tests; native 64x64."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -138,26 +146,7 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0) -> Path:
         cross_attention_dim=64,  # both text encoders' hidden states side by side
         norm_num_groups=1,
     )
-    config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=len(_TOKENS),
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    config = _text_config(hidden=32, intermediate=37, heads=4)
     tokenizer = clip_tokenizer()
     pipe = StableDiffusionXLPipeline(
         unet=unet,
@@ -166,7 +155,7 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0) -> Path:
         text_encoder_2=CLIPTextModelWithProjection(config),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
     )
     pipe.save_pretrained(path)
     return Path(path)
