@@ -1,4 +1,4 @@
-"""``/admin/*``: keys, teams, usage, models and virtual keys.
+"""``/admin/*``: keys, teams, usage, models, providers and virtual keys.
 
 Only the master key (``auth.master_key``) or a key created with ``admin``
 may call these; any other key gets 403. Key secrets appear once, in the

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
-from imagegate.errors import ImagegateError, RateLimitError
+from imagegate.errors import ConfigError, ImagegateError, RateLimitError
 from imagegate.providers.base import (
     CompletedImage,
     Deployment,
@@ -25,7 +25,7 @@ from imagegate.providers.base import (
 from imagegate.providers.local.batcher import Batch, Batcher, QueueFull
 from imagegate.providers.local.families import ModelInfo, describe_model, rules
 from imagegate.providers.local.options import DiffusersOptions
-from imagegate.providers.local.runtime import GB, ModelCache, pick_device
+from imagegate.providers.local.runtime import GB, ModelCache, ModelUnavailable, pick_device
 from imagegate.providers.local.work import PartialSink, prepare, run_batch
 
 log = logging.getLogger("imagegate.providers.diffusers")
@@ -54,7 +54,10 @@ class DiffusersProvider(Provider):
     def _info(self, model: str) -> ModelInfo:
         info = self._infos.get(model)
         if info is None:
-            info = self._infos[model] = describe_model(model, self.options)
+            try:
+                info = self._infos[model] = describe_model(model, self.options)
+            except ConfigError as exc:  # checked at start; the files have gone since
+                raise ModelUnavailable(str(exc), code="model_unavailable") from exc
         return info
 
     def _batcher(self, info: ModelInfo) -> Batcher:
