@@ -65,7 +65,7 @@ FAMILIES: dict[str, Family] = {
             negative_prompt=False,
             inpainting=False,
             edit_pipeline=True,
-        ),  # fmt: skip
+        ),
     )
 }
 

@@ -155,8 +155,8 @@ def _previewers(pipe: Any, works: list[Work]) -> list[Callable[[int, Any], None]
         if steps and work.sink is not None:
 
             def hook(step: int, latents: Any, work: Work = work, row: int = row, steps: dict = steps) -> None:
-                if step in steps and work.sink is not None:
-                    work.sink(steps[step], _decode_preview(pipe, latents[row : row + 1], work))
+                if step in steps:
+                    work.sink(steps[step], _decode_preview(pipe, latents[row : row + 1], work))  # type: ignore[misc]
 
             hooks.append(hook)
         row += len(work.seeds)
@@ -168,9 +168,13 @@ def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]
     works: list[Work] = batch.payloads
     head = works[0]
     pipe = _task_pipeline(model, head.task)
+
+    def per_image(value: Callable[[Work], Any]) -> list[Any]:  # the batch is every job's images in order
+        return [value(w) for w in works for _ in w.seeds]
+
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs: dict[str, Any] = {
-        "prompt": [w.prompt for w in works for _ in w.seeds],
+        "prompt": per_image(lambda w: w.prompt),
         "num_inference_steps": head.steps,
         "guidance_scale": head.guidance,
         "generator": [torch.Generator("cpu").manual_seed(s) for w in works for s in w.seeds],
@@ -179,12 +183,12 @@ def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]
         "output_type": "pil",
     }
     if head.negative_prompt is not None:
-        kwargs["negative_prompt"] = [w.negative_prompt or "" for w in works for _ in w.seeds]
+        kwargs["negative_prompt"] = per_image(lambda w: w.negative_prompt or "")
     if head.task != TEXT_TO_IMAGE:
-        kwargs["image"] = [w.image for w in works for _ in w.seeds]
+        kwargs["image"] = per_image(lambda w: w.image)
         kwargs["strength"] = head.strength
     if head.task == INPAINT:
-        kwargs["mask_image"] = [w.edit_area for w in works for _ in w.seeds]
+        kwargs["mask_image"] = per_image(lambda w: w.edit_area)
     if "callback_on_step_end" in accepted:
         previews = _previewers(pipe, works)
 
