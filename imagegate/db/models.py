@@ -60,6 +60,9 @@ class VirtualKey(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     provider: Mapped[str] = mapped_column(String(128))
     secret_encrypted: Mapped[str] = mapped_column(String(2048))
+    # Who may use it: teams by name, keys by id. Neither: admin keys only (fail closed).
+    owner_teams: Mapped[list[str]] = mapped_column(JSON, default=list)
+    owner_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
