@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,3 +134,19 @@ def decode_bytes(data: bytes) -> Image.Image:
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png_with_idat(idat: bytes, width: int = 64, height: int = 64, mode: str = "RGB") -> bytes:
+    """A PNG whose chunks are all well-formed (valid CRCs, IEND present) but
+    whose pixel data is ``idat``: the header reads fine, decoding fails."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    color_type = {"RGB": 2, "RGBA": 6}[mode]
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# Undecodable PNGs: pixel data that is not zlib at all, and none at all.
+BROKEN_PNGS = {"garbage_idat": b"\x00not zlib data" * 16, "empty_idat": b""}

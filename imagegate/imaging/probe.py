@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from imagegate.errors import InvalidImageError
+
 # Pillow format names -> the names the API uses.
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
@@ -118,3 +120,18 @@ def decode(data: bytes, *, max_pixels: int) -> Image.Image:
     except Exception as exc:
         raise ImageProbeError("the image data is corrupt or truncated", "invalid_image") from exc
     return img
+
+
+def decode_input(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
+    """Decode a client's input image (``field``: the request field it came
+    from, e.g. ``image[1]`` or ``mask``).
+
+    Input loading only reads headers (:func:`probe`): a full decode there
+    would cost every request 13 ms of CPU per 3 MB PNG, even when an
+    upstream gets the bytes as sent. Damage inside the pixel data is found
+    here, where pixels are first decoded, and is the client's: a 400
+    ``invalid_image`` naming the field, never a server error."""
+    try:
+        return decode(data, max_pixels=max_pixels)
+    except ImageProbeError as exc:
+        raise InvalidImageError(f"Invalid image in '{field}': {exc}.", param=field, code=exc.code) from exc

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from imagegate.contract.catalog import EDITS, GENERATIONS, FreeSizeRule, parse_size, permissive, register
 from imagegate.contract.requests import ImageRequest
 from imagegate.imaging.convert import encode
-from imagegate.imaging.probe import decode
+from imagegate.imaging.probe import decode_input
 from imagegate.providers.base import (
     CompletedImage,
     Deployment,
@@ -143,7 +143,8 @@ class TestPatternProvider(Provider):
         return [request.prompt or "(no prompt)", settings]
 
     def _input(self, request: ImageRequest, index: int = 0) -> Image.Image:
-        return decode(request.images[index].data, max_pixels=self.context.max_image_pixels)
+        image = request.images[index]
+        return decode_input(image.data, image.field, max_pixels=self.context.max_image_pixels)
 
     def _render(self, request: ImageRequest, seed: int) -> Image.Image:
         size = self._render_size(request)
@@ -169,7 +170,7 @@ class TestPatternProvider(Provider):
             base.paste(thumb, ((i - 1) * (pattern.width // 8), pattern.height - thumb.height))
         if request.mask is None:
             return Image.blend(base, pattern.convert(mode), 0.5)
-        mask = decode(request.mask.data, max_pixels=self.context.max_image_pixels).convert("RGBA")
+        mask = decode_input(request.mask.data, request.mask.field, max_pixels=self.context.max_image_pixels).convert("RGBA")
         # OpenAI's convention: fully transparent mask pixels mark the area to edit.
         editable = mask.getchannel("A").point(lambda a: 255 if a == 0 else 0)
         editable = editable.resize(pattern.size, Image.Resampling.NEAREST)

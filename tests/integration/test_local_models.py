@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from tiny_pipeline import build_tiny_pipeline, build_tiny_sdxl_pipeline, copy_pipeline
 
-from support import SIGNING_KEY, Running, decode_b64, make_mask
+from support import BROKEN_PNGS, SIGNING_KEY, Running, decode_b64, make_mask, png_with_idat
 
 MASTER = "sk-master-local-models-0123456789"
 NATIVE = 64  # the tiny pipeline: sample_size 32 x VAE factor 2
@@ -256,6 +256,19 @@ def test_several_input_images_are_refused(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.images.edit(model="tiny", image=[("a.png", textured(), "image/png"), ("b.png", textured(), "image/png")], prompt="x")
     assert err.value.body["param"] == "image" and err.value.body["code"] == "too_many_images"
+
+
+@pytest.mark.parametrize("idat", list(BROKEN_PNGS.values()), ids=list(BROKEN_PNGS))
+def test_undecodable_inputs_are_the_clients_400(sdk: openai.OpenAI, idat: bytes) -> None:
+    """Headers that read fine over pixel data that does not decode: 400 naming the field, not 500."""
+    broken, good = png_with_idat(idat, NATIVE, NATIVE, "RGBA"), ("in.png", textured(), "image/png")
+    for kwargs, param in [
+        ({"image": ("in.png", broken, "image/png")}, "image"),
+        ({"image": good, "mask": ("mask.png", broken, "image/png")}, "mask"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk.images.edit(model="tiny", prompt="x", extra_body=FAST, **kwargs)
+        assert (err.value.body["code"], err.value.body["param"]) == ("invalid_image", param)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -9,10 +10,14 @@ import pytest
 from PIL import Image
 
 from imagegate.contract import catalog
+from imagegate.contract.requests import GenerationFields, ImageRequest
+from imagegate.errors import InvalidImageError, UpstreamError
+from imagegate.gateway.output import shape_images
 from imagegate.imaging.convert import Target, conform
-from imagegate.imaging.probe import ImageProbeError, probe
+from imagegate.imaging.probe import ImageProbeError, decode_input, probe
+from imagegate.providers.base import GeneratedImage
 from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner
-from support import decode_bytes, make_image
+from support import BROKEN_PNGS, decode_bytes, make_image, png_with_idat
 
 BIG = 50_000_000
 
@@ -118,3 +123,18 @@ def test_probe_detects_truncation_of_each_format(fmt: str) -> None:
         with pytest.raises(ImageProbeError) as info:
             probe(whole[:cut], max_pixels=BIG)
         assert info.value.code == "invalid_image"
+
+
+@pytest.mark.parametrize("idat", list(BROKEN_PNGS.values()), ids=list(BROKEN_PNGS))
+def test_undecodable_pixels_pass_the_header_probe_then_fail_typed(idat: bytes) -> None:
+    broken = png_with_idat(idat)
+    assert probe(broken, max_pixels=BIG).width == 64  # headers and chunk chain are fine
+    with pytest.raises(InvalidImageError) as client_err:  # a client's image: 400 naming the field
+        decode_input(broken, "image[2]", max_pixels=BIG)
+    assert (client_err.value.status, client_err.value.param, client_err.value.code) == (400, "image[2]", "invalid_image")
+    spec = catalog.lookup("gpt-image-1")
+    assert spec is not None
+    request = ImageRequest("generations", "gpt-image-1", spec, GenerationFields(prompt="x", output_format="jpeg"))
+    with pytest.raises(UpstreamError) as upstream_err:  # a provider's image that needs converting: 502
+        asyncio.run(shape_images(request, [GeneratedImage(broken, "png")], BIG))
+    assert (upstream_err.value.status, upstream_err.value.code) == (502, "invalid_upstream_image")

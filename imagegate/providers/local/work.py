@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from imagegate.contract.catalog import GENERATIONS, parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.errors import InvalidRequestError
-from imagegate.imaging.probe import decode
+from imagegate.imaging.probe import decode_input
 from imagegate.providers.local.batcher import Batch
 from imagegate.providers.local.families import ModelInfo
 from imagegate.providers.local.runtime import LoadedModel, ModelUnavailable
@@ -89,10 +89,10 @@ def prepare(request: ImageRequest, info: ModelInfo, max_pixels: int) -> Work:
     strength = 1.0 if task == INPAINT else info.strength
     image = edit_area = None
     if first is not None:
-        image = ImageOps.fit(decode(first.data, max_pixels=max_pixels).convert("RGB"), (width, height))
+        image = ImageOps.fit(decode_input(first.data, first.field, max_pixels=max_pixels).convert("RGB"), (width, height))
     if request.mask is not None:
         # OpenAI's convention: fully transparent mask pixels mark the area to edit.
-        alpha = decode(request.mask.data, max_pixels=max_pixels).convert("RGBA").getchannel("A")
+        alpha = decode_input(request.mask.data, "mask", max_pixels=max_pixels).convert("RGBA").getchannel("A")
         edit_area = ImageOps.fit(alpha.point(lambda a: 255 if a == 0 else 0), (width, height), Image.Resampling.NEAREST)
     guidance = request.params.guidance_scale if request.params.guidance_scale is not None else info.guidance
     return Work(
