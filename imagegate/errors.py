@@ -19,6 +19,7 @@ The tree::
     ├── PayloadTooLargeError          413 invalid_request_error
     ├── UnsupportedMediaTypeError     415 invalid_request_error
     ├── RateLimitError                429 rate_limit_error (with Retry-After)
+    ├── ServiceUnavailableError       503 server_error (the database or storage is down; Retry-After)
     └── UpstreamError                 502 api_error (a provider failed)
         └── UpstreamTimeoutError      504 api_error
 
@@ -121,6 +122,18 @@ class RateLimitError(ImagegateError):
     default_code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: float, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
+
+
+class ServiceUnavailableError(ImagegateError):
+    """A part of the gateway itself (database, storage) is unavailable."""
+
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 5, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 

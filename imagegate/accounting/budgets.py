@@ -68,29 +68,43 @@ async def _reserve_row(session: AsyncSession, table, ident: object, amount: int)
     return result.rowcount == 1
 
 
-async def reserve(session: AsyncSession, key: ApiKey, amount: int, now: datetime) -> str | None:
+async def reserve(session: AsyncSession, key: ApiKey, amount: int, now: datetime) -> tuple[str | None, str | None]:
     """Reserve ``amount`` on the key and its team, in the caller's transaction.
-    Returns None when admitted, else which budget refused ("key" or "team")."""
+    Returns (refused, team): refused is None when admitted, else which budget
+    refused ("key" or "team"); team is the team that holds the amount too."""
     await _roll(session, ApiKey, key.id, key.budget_period, now)
     if not await _reserve_row(session, ApiKey, key.id, amount):
-        return "key"
+        return "key", None
     if key.team is not None:
         team = await session.get(Team, key.team)
         if team is not None:
             await _roll(session, Team, team.name, team.budget_period, now)
             if not await _reserve_row(session, Team, team.name, amount):
-                return "team"
-    return None
+                return "team", None
+            return None, team.name
+    return None, None
 
 
-async def settle(session: AsyncSession, key_id: str, team: str | None, reserved: int, actual: int) -> None:
-    """Release the reservation and charge the real cost (0 for a failure)."""
+async def release(session: AsyncSession, key_id: str, team: str | None, amount: int) -> None:
+    """Give back a reservation held on the key (and the team that holds it too)."""
     for table, ident in ((ApiKey, key_id), (Team, team)):
-        if ident is None:
-            continue
-        await session.execute(
-            update(table)
-            .where(_pk(table) == ident)
-            .values(reserved_nusd=table.reserved_nusd - reserved, spent_nusd=table.spent_nusd + actual)
-            .execution_options(synchronize_session=False)
-        )
+        if ident is not None and amount:
+            await session.execute(
+                update(table)
+                .where(_pk(table) == ident)
+                .values(reserved_nusd=table.reserved_nusd - amount)
+                .execution_options(synchronize_session=False)
+            )
+
+
+async def charge(session: AsyncSession, key_id: str, team: str | None, amount: int) -> None:
+    """Add a real cost to the key's and its team's spending."""
+    for table, ident in ((ApiKey, key_id), (Team, team)):
+        if ident is not None and amount:
+            await session.execute(
+                update(table)
+                .where(_pk(table) == ident)
+                .values(spent_nusd=table.spent_nusd + amount)
+                .execution_options(synchronize_session=False)
+            )
+

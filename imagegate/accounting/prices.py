@@ -128,7 +128,11 @@ def _output_tokens(price: PerToken, quality: str, size: str) -> int:
 
 
 def worst_case(price: Price | None, request: ImageRequest) -> int:
-    """An upper bound of the request's cost, reserved at admission."""
+    """An upper bound of what the request can be billed, reserved at
+    admission. For token prices: the most output tokens the model produces
+    at the asked size at *any* quality (an upstream may bill ``high`` when
+    ``low`` was asked), every partial image, one token per prompt byte and
+    the input-image bound, all at the dearest output rate."""
     if price is None:
         return 0
     n = request.n
@@ -139,11 +143,11 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         ]
         known = [c for c in candidates if c is not None]
         return n * (max(known) if known else price.most())
-    out = max(_output_tokens(price, q, request.size) for q in _resolve_quality(price, request.quality))
+    out = max(_output_tokens(price, q, request.size) for q in price.output_tokens)
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
-    return n * out * price.image_output + text * price.text_input + images * price.image_input
+    return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input
 
 
 def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage | None, meta: ImageMeta) -> Cost:
@@ -158,20 +162,22 @@ def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage
             each = max([p for (q, _), p in price.table.items() if q == quality] or [price.most()])
         return Cost(images * each)
     if usage is not None:
-        text_in = usage.input_text_tokens
-        image_in = usage.input_image_tokens
+        # Never below zero, whatever an upstream reports (the gateway rejects
+        # such answers before they get here; this is the last line).
+        text_in = max(0, usage.input_text_tokens)
+        image_in = max(0, usage.input_image_tokens)
         text_in += max(0, usage.input_tokens - text_in - image_in)  # undetailed input: text rate
         if usage.output_image_tokens is not None or usage.output_text_tokens is not None:
-            image_out, text_out = usage.output_image_tokens or 0, usage.output_text_tokens or 0
+            image_out, text_out = max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0)
         else:
-            image_out, text_out = usage.output_tokens, 0
+            image_out, text_out = max(0, usage.output_tokens), 0
         nusd = (
             text_in * price.text_input
             + image_in * price.image_input
             + image_out * price.image_output
             + text_out * price.text_output
         )
-        return Cost(nusd, False, text_in, image_in, usage.output_tokens)
+        return Cost(max(0, nusd), False, text_in, image_in, max(0, usage.output_tokens))
     out = images * (_output_tokens(price, quality, size) + PARTIAL_IMAGE_TOKENS * request.partial_images)
     text_in = math.ceil(len(request.prompt) / CHARS_PER_TOKEN)
     return Cost(out * price.image_output + text_in * price.text_input, True, text_in, None, out)

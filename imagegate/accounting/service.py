@@ -3,11 +3,15 @@
 * ``authenticate`` - who is calling: the master key, a static key from the
   config, a database key (with its limits and budget), or nobody (when auth
   is not enforced).
-* ``admit`` - may this caller run this request now: the key's models, its
-  rate limits, and a budget reservation of the request's worst-case cost.
-  Refusals are recorded as usage rows too.
+* ``check_limits`` - may this caller use this model, and is it within its
+  rate limits: checked before any expensive work (URL fetches, decoding).
+* ``admit`` - reserve the request's worst-case cost on the key's (and team's)
+  budget, as a reservation row with an owner and an expiry
+  (``reservations.py``). Refusals are recorded as usage rows too.
 * ``settle`` - the request is over: charge its real cost (nothing for a
-  failure or a cancellation), release the reservation, write the usage row.
+  failure or a cancellation), release the reservation, write the usage row,
+  in one transaction. When the database cannot take it, the settlement is
+  retried, then journaled durably (``journal.py``) and replayed later.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
-from imagegate.accounting import budgets, keys
+from imagegate.accounting import budgets, keys, reservations
+from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import BUILTIN, Price, actual, price_from_config, worst_case
 from imagegate.accounting.ratelimit import RateLimiter
@@ -32,8 +39,14 @@ from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade_async
-from imagegate.db.models import UsageRecord, utcnow
-from imagegate.errors import AuthenticationError, ImagegateError, PermissionDeniedError, RateLimitError
+from imagegate.db.models import UsageRecord, aware, utcnow
+from imagegate.errors import (
+    AuthenticationError,
+    ImagegateError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from imagegate.providers.base import Deployment, ImageMeta, Usage
 
 log = logging.getLogger("imagegate.accounting")
@@ -49,9 +62,19 @@ class Caller:
     rpm: int | None = None
     ipm: int | None = None
     virtual_key: str | None = None
+    # Who this is, for scoping what callers must not share (idempotency
+    # keys): "key:<id>", "static:<digest prefix>", "master" or "anonymous".
+    identity: str = "anonymous"
+
+    def may_use(self, model: str) -> bool:
+        """Whether the key's allowed models (None: all) include ``model``."""
+        return self.models is None or model in self.models
 
 
 ANONYMOUS = Caller("anonymous")
+_NO_DEPLOYMENT = Deployment(provider="", model="")
+# Retries of a settlement the database refused, before it is journaled.
+SETTLE_RETRY_DELAYS = (0.1, 0.5, 1.5)
 
 
 @dataclass(slots=True)
@@ -62,6 +85,7 @@ class Admission:
     request_id: str
     reserved: int
     started: float = field(default_factory=time.monotonic)
+    reservation_id: str | None = None  # the row that holds ``reserved``; None when nothing is held
 
     def serve(self, request: ImageRequest, deployment: Deployment) -> None:
         self.request, self.deployment = request, deployment
@@ -83,11 +107,6 @@ class _Refused(Exception):
         self.which, self.period = which, period
 
 
-def _aware(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -104,10 +123,18 @@ class Accounting:
         self._master = _digest(master.get_secret_value()) if master else None
         self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
         self.usage_writer = UsageWriter(self.db)
+        self.journal = SettlementJournal(settings.server.data_dir / "pending-settlements.jsonl")
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
+        await self.housekeeping()
         self.usage_writer.start()
+
+    async def housekeeping(self) -> None:
+        """At start and on every sweep: write journaled settlements, then give
+        back reservations that expired or whose process is gone."""
+        await self.journal.replay(self._apply_journaled)
+        await reservations.release_stale(self.db)
 
     async def flush_usage(self) -> None:
         await self.usage_writer.flush()
@@ -129,9 +156,9 @@ class Accounting:
             return Caller("anonymous", virtual_key=virtual_key)
         digest = _digest(secret)
         if self._master is not None and hmac.compare_digest(digest, self._master):
-            return Caller("master", is_admin=True, virtual_key=virtual_key)
+            return Caller("master", is_admin=True, virtual_key=virtual_key, identity="master")
         if any(hmac.compare_digest(digest, d) for d in self._static):
-            return Caller("static", virtual_key=virtual_key)
+            return Caller("static", virtual_key=virtual_key, identity=f"static:{digest.hex()[:24]}")
         key = None
         if secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
             async with self.db.read() as session:
@@ -142,7 +169,7 @@ class Accounting:
             return Caller("anonymous", virtual_key=virtual_key)
         if not key.enabled or key.revoked_at is not None:
             raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
-        if key.expires_at is not None and _aware(key.expires_at) <= utcnow():
+        if key.expires_at is not None and aware(key.expires_at) <= utcnow():
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
         return Caller(
             "key",
@@ -153,6 +180,7 @@ class Accounting:
             rpm=key.rpm,
             ipm=key.ipm,
             virtual_key=virtual_key,
+            identity=f"key:{key.id}",
         )
 
     # -- prices -------------------------------------------------------------------
@@ -171,32 +199,46 @@ class Accounting:
     def _price_of(self, request: ImageRequest, deployment: Deployment) -> Price | None:
         return self.price_for(request.model, deployment.model, request.spec.name)
 
+    async def check_limits(self, caller: Caller, request: ImageRequest, request_id: str) -> None:
+        """The key's models and rate limits, before any expensive work on the
+        request (fetching or decoding its images); refusals are recorded."""
+        if not caller.may_use(request.model):
+            raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
+        if caller.kind != "key" or caller.key_id is None:
+            return
+        try:
+            await self.limiter.admit(caller.key_id, caller.rpm, caller.ipm, request.n)
+        except RateLimitError as exc:
+            await self.settle(Admission(caller, request, _NO_DEPLOYMENT, request_id, 0), Outcome(status=429, error_code=exc.code))
+            raise
+
     async def admit(
-        self, caller: Caller, request: ImageRequest, candidates: list[tuple[ImageRequest, Deployment]], request_id: str
+        self,
+        caller: Caller,
+        request: ImageRequest,
+        candidates: list[tuple[ImageRequest, Deployment]],
+        request_id: str,
+        lifetime_seconds: float,
     ) -> Admission:
-        """``candidates``: every (request, deployment) that may serve it
-        (fallbacks included); the reservation covers the dearest."""
-        if caller.models is not None and request.model not in caller.models:
+        """Reserve the worst case of ``candidates`` (every (request,
+        deployment) that may serve it, fallbacks included: the dearest counts)
+        for at most ``lifetime_seconds`` (the request's deadline)."""
+        if not caller.may_use(request.model):
             raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
         admission = Admission(caller, request, candidates[0][1], request_id, 0)
         if caller.kind != "key" or caller.key_id is None:
             return admission
-        try:
-            await self.limiter.admit(caller.key_id, caller.rpm, caller.ipm, request.n)
-        except RateLimitError as exc:
-            await self.settle(admission, Outcome(status=429, error_code=exc.code))
-            raise
-        admission.reserved = max(worst_case(self._price_of(r, d), r) for r, d in candidates)
+        wanted = max(worst_case(self._price_of(r, d), r) for r, d in candidates)
         try:
             async with self.db.transaction() as session:
                 key = await keys.get_key(session, caller.key_id)
-                refused = await budgets.reserve(session, key, admission.reserved, utcnow())
+                refused, held = await reservations.hold(session, key, wanted, request_id, lifetime_seconds, utcnow())
                 if refused is not None:
                     raise _Refused(refused, key.budget_period)  # rolls the key's and team's reservations back
         except _Refused as no:
-            wanted, admission.reserved = admission.reserved, 0
             await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
             raise self._over_budget(no.which, no.period, admission.caller, wanted) from None
+        admission.reserved, admission.reservation_id = held.amount, held.id
         return admission
 
     def _over_budget(self, which: str, period: str, caller: Caller, wanted: int) -> RateLimitError:
@@ -212,13 +254,19 @@ class Accounting:
         return err
 
     async def settle(self, admission: Admission, outcome: Outcome) -> int:
-        """Charge and record; returns the cost in nano-dollars."""
+        """Charge and record; returns the cost in nano-dollars. Raises
+        ServiceUnavailableError only for a successful request whose charge
+        could be neither written nor journaled."""
         request = admission.request
         price = self._price_of(request, admission.deployment)
         cost = actual(price, request, outcome.images, outcome.usage, outcome.meta) if outcome.status < 400 else None
         charged = cost.nusd if cost is not None else 0
-        if cost is not None and admission.reserved and charged > admission.reserved:
-            log.warning("request %s cost %s, above its reservation %s", admission.request_id, charged, admission.reserved)
+        if cost is not None and admission.reservation_id is not None and charged > admission.reserved:
+            log.error(
+                "request %s cost %s nano-USD, above its reservation of %s: charged in full; key %s is refused "
+                "further requests while it is over its budget",
+                admission.request_id, charged, admission.reserved, admission.caller.key_id,
+            )  # fmt: skip
         caller = admission.caller
         row = dict(
             request_id=admission.request_id,
@@ -226,8 +274,8 @@ class Accounting:
             key_id=caller.key_id,
             team=caller.team,
             model=request.model,
-            provider=admission.deployment.provider,
-            upstream_model=admission.deployment.model,
+            provider=admission.deployment.provider or None,
+            upstream_model=admission.deployment.model or None,
             endpoint=request.endpoint,
             n=outcome.images if outcome.status < 400 else request.n,
             size=outcome.meta.size or request.size,
@@ -244,14 +292,50 @@ class Accounting:
         if caller.key_id is None:  # nothing to settle: the row goes out in the next batch
             self.usage_writer.add(row)
             return charged
+        entry = {
+            "settlement_id": admission.reservation_id or f"stl_{secrets.token_hex(12)}",
+            "reservation_id": admission.reservation_id,
+            "key_id": caller.key_id,
+            "team": caller.team,
+            "charge": charged,
+            "row": row,
+        }
+        for delay in (*SETTLE_RETRY_DELAYS, None):
+            try:
+                await self._apply(entry)
+                return charged
+            except Exception as exc:
+                failure = exc
+                if delay is not None:
+                    await asyncio.sleep(delay)
+        log.error("could not write the settlement of request %s (%s): journaling it", admission.request_id, failure)
         try:
-            async with self.db.transaction() as session:
-                if admission.reserved or charged:
-                    await budgets.settle(session, caller.key_id, caller.team, admission.reserved, charged)
-                await session.execute(insert(UsageRecord), [row])
-        except Exception:  # the answer is already made; never lose it over bookkeeping
-            log.exception("could not record usage for request %s", admission.request_id)
+            await self.journal.append({**entry, "row": {**row, "created_at": row["created_at"].isoformat()}})
+        except OSError as exc:
+            log.critical("could not journal the settlement of request %s either (%s): %s", admission.request_id, exc, entry)
+            if outcome.status < 400:
+                raise ServiceUnavailableError(
+                    "The request ran, but its cost could not be recorded (the database and the data directory "
+                    "are unavailable), so its result is withheld. Try again later.",
+                    code="accounting_unavailable",
+                ) from exc
         return charged
+
+    async def _apply(self, entry: dict) -> None:
+        """One settlement, in one transaction: give back the reservation (if
+        no sweep did already), charge, write the usage row."""
+        async with self.db.transaction() as session:
+            if entry["reservation_id"] is not None:
+                await reservations.take(session, entry["reservation_id"])
+            await budgets.charge(session, entry["key_id"], entry["team"], entry["charge"])
+            await session.execute(insert(UsageRecord), [{**entry["row"], "settlement_id": entry["settlement_id"]}])
+
+    async def _apply_journaled(self, entry: dict) -> None:
+        row = {**entry["row"], "created_at": datetime.fromisoformat(entry["row"]["created_at"])}
+        try:
+            await self._apply({**entry, "row": row})
+        except IntegrityError:  # its usage row exists: it went through before a crash
+            log.info("journaled settlement %s was already applied", entry["settlement_id"])
 
 
 def outcome_of_error(exc: BaseException) -> Outcome:

@@ -35,6 +35,8 @@ def _base_url(request: Request) -> str:
 
 async def _build(
     service: ImageService,
+    caller: Caller,
+    http: Request,
     endpoint: str,
     raw: dict[str, Any],
     *,
@@ -45,6 +47,8 @@ async def _build(
     fields = parse_fields(endpoint, raw, from_form=from_form)
     name, spec = service.directory.resolve(fields.model, endpoint)
     check_rules(endpoint, fields, name, spec)
+    # The key's models and rate limits before the images are decoded and probed.
+    await service.accounting.check_limits(caller, ImageRequest(endpoint, name, spec, fields), request_id(http))  # type: ignore[arg-type]
     inputs, mask_image = (), None
     if images is not None:
         inputs, mask_image = await load_inputs(
@@ -104,15 +108,27 @@ async def _respond(service: ImageService, request: ImageRequest, http: Request, 
         return Response(status_code=499)  # nobody is listening; the work was cancelled and not charged
 
 
+def _idempotency_scope(caller: Caller, http: Request) -> str:
+    """Whose keys these are: one caller never sees another's replays. Callers
+    without a key are told apart by their address only."""
+    if caller.kind == "anonymous":
+        return f"anonymous:{http.client.host if http.client else ''}"[:64]
+    return caller.identity
+
+
 async def _idempotent(service: ImageService, request: ImageRequest, http: Request, caller: Caller, key: str) -> Response:
     if not key or len(key) > 255:
         raise InvalidRequestError("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    scope = caller.key_id or "*"
+    scope = _idempotency_scope(caller, http)
+    fingerprint = request.fingerprint(caller.virtual_key)
     policy = service.routes[request.model].policy
-    replay = await service.idempotency.claim(scope, key, request.fingerprint(), wait_seconds=policy.deadline_seconds)
+    replay = await service.idempotency.claim(
+        scope, key, fingerprint, wait_seconds=policy.deadline_seconds, lease_seconds=policy.deadline_seconds
+    )
     if replay is not None:
+        body = await service.refresh_hosted_urls(replay.body, _base_url(http))
         headers = {**replay.headers, COST_HEADER: usd_str(0), "x-imagegate-idempotent-replay": "true"}
-        return Response(replay.body, status_code=replay.status, headers=headers, media_type="application/json")
+        return Response(body, status_code=replay.status, headers=headers, media_type="application/json")
     try:
         response = await _run(service, request, http, caller)
     except BaseException:
@@ -165,11 +181,11 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
 async def create_image(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "application/json")
     raw = await read_json_object(http)
-    request = await _build(service, "generations", raw, from_form=False)
+    request = await _build(service, caller, http, "generations", raw, from_form=False)
     return await _respond(service, request, http, caller)
 
 
-async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest:
+async def _json_edit(service: ImageService, caller: Caller, http: Request, raw: dict[str, Any]) -> ImageRequest:
     refs = raw.pop("images", None)
     mask_ref = raw.pop("mask", None)
     if "image" in raw:
@@ -193,6 +209,8 @@ async def _json_edit(service: ImageService, raw: dict[str, Any]) -> ImageRequest
         raise InvalidRequestError(
             f"Too many images: model '{name}' takes at most {limit}, got {len(refs)}.", param="images", code="too_many_images"
         )
+    # The key's models and rate limits before anything is fetched or decoded.
+    await service.accounting.check_limits(caller, ImageRequest("edits", name, spec, fields), request_id(http))  # type: ignore[arg-type]
     images = [
         (f"images[{i}]", await service.fetcher.load(_ref_url(ref, f"images[{i}]"), f"images[{i}]")) for i, ref in enumerate(refs)
     ]
@@ -226,10 +244,12 @@ def _ref_url(ref: Any, param: str) -> str:
 async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     kind = require_media_type(http, "multipart/form-data", "application/json")
     if kind == "application/json":
-        request = await _json_edit(service, await read_json_object(http))
+        request = await _json_edit(service, caller, http, await read_json_object(http))
     else:
         form: FormInput = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
-        request = await _build(service, "edits", dict(form.fields), from_form=True, images=form.images, mask=form.mask)
+        request = await _build(
+            service, caller, http, "edits", dict(form.fields), from_form=True, images=form.images, mask=form.mask
+        )
     return await _respond(service, request, http, caller)
 
 
@@ -237,5 +257,5 @@ async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDe
 async def create_image_variation(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "multipart/form-data")
     form = await read_form(http, file_fields=IMAGE_FIELDS)
-    request = await _build(service, "variations", dict(form.fields), from_form=True, images=form.images)
+    request = await _build(service, caller, http, "variations", dict(form.fields), from_form=True, images=form.images)
     return await _respond(service, request, http, caller)

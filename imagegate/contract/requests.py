@@ -90,9 +90,12 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
 
-    def fingerprint(self) -> str:
-        """A digest of everything the client sent: endpoint, fields, image bytes."""
+    def fingerprint(self, *context: str | None) -> str:
+        """A digest of everything the client sent: endpoint, fields, image
+        bytes, and any ``context`` that changes what runs (a virtual key)."""
         digest = hashlib.sha256(self.endpoint.encode())
+        for part in context:
+            digest.update(b"\x00" + (part or "").encode())
         digest.update(orjson.dumps(self.params.model_dump(exclude_unset=True), option=orjson.OPT_SORT_KEYS))
         for image in (*self.images, *((self.mask,) if self.mask else ())):
             digest.update(image.field.encode())

@@ -13,6 +13,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -92,6 +97,26 @@ class UsageRecord(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     status: Mapped[int] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set on rows written by a settlement: unique, so a settlement replayed
+    # from the journal after a database outage is applied once.
+    settlement_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+
+
+class Reservation(Base):
+    """A budget reservation in flight: the worst case of one request, held on
+    a key (and its team) from admission until the request settles. Its owner
+    and expiry let a restart or a sweep release what a crashed process left."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    team: Mapped[str | None] = mapped_column(String(128), nullable=True)  # set when the team's budget holds it too
+    amount_nusd: Mapped[int] = mapped_column(BigInteger)
+    owner: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class IdempotencyRecord(Base):
@@ -108,3 +133,7 @@ class IdempotencyRecord(Base):
     headers: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # A pending claim belongs to one process until its lease ends; then (or
+    # once that process is known to be gone) a retry may take it over.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

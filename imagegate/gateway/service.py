@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 from sqlalchemy import text
 
 from imagegate.accounting.idempotency import IdempotencyStore
@@ -23,11 +24,13 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
 from imagegate.contract.validate import ModelDirectory, retarget
 from imagegate.errors import GoneError, InvalidRequestError, NotFoundError
+from imagegate.gateway.checks import check_usage, checked_result, warn_extra_images
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.output import Shaped, shape_images, usage_out
 from imagegate.gateway.routes import Route, build_routes, fallback_chain, rules_for
 from imagegate.gateway.routing import Leg, Served, execute
 from imagegate.providers.base import (
+    CompletedImage,
     Deployment,
     ImageMeta,
     PartialImage,
@@ -39,7 +42,14 @@ from imagegate.providers.base import (
 from imagegate.providers.registry import build_provider
 from imagegate.storage.base import Storage, StoredObject
 from imagegate.storage.local import LocalStorage
-from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner, load_or_create_key
+from imagegate.storage.signing import (
+    URL_PATH,
+    SignatureExpired,
+    SignatureInvalid,
+    URLSigner,
+    key_of_url,
+    load_or_create_key,
+)
 
 log = logging.getLogger("imagegate.gateway")
 
@@ -76,14 +86,14 @@ class ImageService:
         self.created_at = int(time.time())
         self.storage = storage
         self.signer = signer
-        context = ProviderContext(max_image_pixels=settings.server.max_image_pixels)
+        self.fetcher = ImageFetcher(settings.server.fetch)
+        context = ProviderContext(max_image_pixels=settings.server.max_image_pixels, fetch_url=self.fetcher.download)
         self.providers: dict[str, Provider] = {
             name: build_provider(name, cfg, context) for name, cfg in settings.providers.items()
         }
         self.routes: dict[str, Route] = build_routes(settings)
         self.idempotency = IdempotencyStore(accounting.db)
         self.directory = ModelDirectory({n: r.rules for n, r in self.routes.items()}, settings.default_model)
-        self.fetcher = ImageFetcher(settings.server.fetch)
 
     @staticmethod
     def check(settings: Settings) -> None:
@@ -102,11 +112,12 @@ class ImageService:
     # -- running requests --------------------------------------------------
 
     async def _legs(self, request: ImageRequest, caller: Caller) -> list[Leg]:
-        """The request's chain: its model, then each fallback that accepts it."""
+        """The request's chain: its model, then each fallback that accepts it
+        and that the caller may use (a key's allowed models bind fallbacks too)."""
         route = self.routes[request.model]
         if caller.virtual_key is not None:  # a provider's own credential: that provider only, no fallbacks
             async with self.accounting.db.read() as session:
-                provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key)
+                provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key, caller)
             if not any(d.provider == provider_name for d in route.deployments):
                 raise InvalidRequestError(
                     f"The virtual key is for provider '{provider_name}', which does not serve model '{request.model}'.",
@@ -116,6 +127,8 @@ class ImageService:
             return [Leg(request, route.pool, route.fallback_on, provider_name, secret)]
         legs = [Leg(request, route.pool, route.fallback_on)]
         for name in fallback_chain(self.routes, request.model):
+            if not caller.may_use(name):
+                continue
             fallback = self.routes[name]
             retargeted = retarget(request, name, fallback.rules)
             if retargeted is not None:
@@ -131,11 +144,12 @@ class ImageService:
         """Run a request over its deployments and fallbacks; returns the
         response, its cost in nano-dollars, and what served it."""
         legs = await self._legs(request, caller)
-        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id)
         policy = self.routes[request.model].policy
+        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id, policy.deadline_seconds)
 
         async def call(req: ImageRequest, deployment: Deployment) -> ProviderResult:
-            return await self.providers[deployment.provider].run(req, deployment)
+            result = await self.providers[deployment.provider].run(req, deployment)
+            return checked_result(req, result, deployment.provider)
 
         try:
             served = await execute(legs, call, policy)
@@ -157,18 +171,22 @@ class ImageService:
         and fallbacks happen only before that); returns the reserved amount,
         what serves it, and the events. It is settled when the events end."""
         legs = await self._legs(request, caller)
-        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id)
+        policy = self.routes[request.model].policy
+        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id, policy.deadline_seconds)
 
         async def first(req: ImageRequest, deployment: Deployment) -> tuple[object, AsyncIterator[object]]:
             events = self.providers[deployment.provider].stream(req, deployment)
             try:
-                return await anext(events), events
+                head = await anext(events)
+                if isinstance(head, CompletedImage):
+                    check_usage(head.usage, deployment.provider)
+                return head, events
             except BaseException:
                 await events.aclose()
                 raise
 
         try:
-            served = await execute(legs, first, self.routes[request.model].policy, hold=True)
+            served = await execute(legs, first, policy, hold=True)
         except BaseException as exc:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
@@ -182,7 +200,8 @@ class ImageService:
     ) -> AsyncIterator[StreamEvent]:
         prefix = _EVENT_PREFIX[request.endpoint]
         max_pixels = self.settings.server.max_image_pixels
-        images, usage, meta = 0, None, ImageMeta()
+        images, usage, meta, extra = 0, None, ImageMeta(), 0
+        provider = served.slot.deployment.provider
 
         async def items() -> AsyncIterator[object]:
             yield head
@@ -191,6 +210,13 @@ class ImageService:
 
         try:
             async for item in items():
+                if isinstance(item, CompletedImage):
+                    check_usage(item.usage, provider)
+                if images >= request.n:  # more than asked: not returned, not counted (its usage is)
+                    if isinstance(item, CompletedImage):
+                        extra += 1
+                        usage = _add_usage(usage, item.usage)
+                    continue
                 (shaped,) = await shape_images(request, [item.image], max_pixels)  # type: ignore[attr-defined]
                 if isinstance(item, PartialImage):
                     yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
@@ -206,6 +232,8 @@ class ImageService:
             await rest.aclose()  # type: ignore[attr-defined]
             if served.lease is not None:
                 await served.lease.__aexit__(None, None, None)
+        if extra:
+            warn_extra_images(request, images + extra, provider)
         await self.accounting.settle(admission, Outcome(images, usage, meta))
 
     def _event(
@@ -253,6 +281,26 @@ class ImageService:
         created = result.meta.created or int(time.time())
         return ImagesResponse(created=created, data=data, usage=usage_out(result.usage), **meta)
 
+    async def refresh_hosted_urls(self, body: bytes, base_url: str) -> bytes:
+        """A replayed answer's hosted URLs, signed afresh (and their images
+        kept as long again) while the images are stored; 410 once they are not."""
+        if URL_PATH.encode() not in body:
+            return body
+        doc = orjson.loads(body)
+        for item in doc.get("data") or ():
+            key = key_of_url(item.get("url") or "")
+            if key is None:
+                continue
+            if not await self.storage.touch(key):
+                raise GoneError(
+                    "The images of the request first made with this Idempotency-Key are no longer stored; "
+                    "send the request again with a new key.",
+                    param="Idempotency-Key",
+                    code="idempotent_result_expired",
+                )
+            item["url"] = self.signer.url(self.settings.server.public_url or base_url, key)
+        return orjson.dumps(doc)
+
     # -- hosted files ------------------------------------------------------
 
     async def open_file(self, key: str, expires: str, signature: str) -> tuple[StoredObject, int]:
@@ -281,11 +329,16 @@ class ImageService:
                 await self.idempotency.sweep()
             except Exception:  # keep sweeping on the next turn
                 log.exception("sweeping expired images failed")
+            try:  # journaled settlements, stale budget reservations
+                await self.accounting.housekeeping()
+            except Exception as exc:
+                log.warning("accounting housekeeping failed, retrying on the next sweep: %s", exc)
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         await self.accounting.start()
+        await self.idempotency.sweep()  # claims left by a previous life of this process
         for name, provider in self.providers.items():
             await provider.start([d.model for r in self.routes.values() for d in r.deployments if d.provider == name])
         for name, route in self.routes.items():

@@ -5,6 +5,7 @@ A backend stores immutable objects under random keys and finds them again.
 * ``put`` stores bytes and returns the new key (``<random>.<ext>``).
 * ``get`` returns the :class:`StoredObject` or None when the key is unknown
   or already swept.
+* ``touch`` keeps an object as long again as a new one (a re-signed URL).
 * ``sweep`` deletes objects stored before ``older_than`` (a Unix time) and
   returns how many it removed.
 
@@ -51,6 +52,11 @@ class Storage(ABC):
     @abstractmethod
     async def sweep(self, older_than: float) -> int: ...
 
+    async def touch(self, key: str) -> bool:
+        """Keep ``key`` as long again as a new object (its URL was signed
+        afresh); False when it is gone. Backends that can, override this."""
+        return await self.get(key) is not None
+
     async def ready(self) -> bool:
         return True
 
@@ -71,6 +77,12 @@ class MemoryStorage(Storage):
 
     async def get(self, key: str) -> StoredObject | None:
         return self._objects.get(key)
+
+    async def touch(self, key: str) -> bool:
+        obj = self._objects.get(key)
+        if obj is not None:
+            self._objects[key] = StoredObject(key, obj.data, obj.content_type, time.time())
+        return obj is not None
 
     async def sweep(self, older_than: float) -> int:
         old = [k for k, o in self._objects.items() if o.created < older_than]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imagegate.storage.base import Storage, StoredObject, content_type_for, new_key
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)$")
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)")  # fullmatch: "<key>\n" is no key
 
 
 class LocalStorage(Storage):
@@ -23,7 +23,7 @@ class LocalStorage(Storage):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path | None:
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             return None
         return self.root / key[:2] / key
 
@@ -55,6 +55,19 @@ class LocalStorage(Storage):
 
     async def get(self, key: str) -> StoredObject | None:
         return await asyncio.to_thread(self._read, key)
+
+    def _touch(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            if path is None:
+                return False
+            os.utime(path)  # the mtime is what sweep reads
+            return True
+        except FileNotFoundError:
+            return False
+
+    async def touch(self, key: str) -> bool:
+        return await asyncio.to_thread(self._touch, key)
 
     def _sweep(self, older_than: float) -> int:
         removed = 0

@@ -11,11 +11,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 URL_PATH = "/v1/images/files"
+# What this signer writes, nothing else: ASCII digits (str.isdigit would take
+# "²", which int() refuses) and lowercase hex (hmac.compare_digest refuses
+# non-ASCII text). Checked with fullmatch, so a trailing newline is refused too.
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureInvalid(Exception):
@@ -42,7 +49,7 @@ class URLSigner:
 
     def verify(self, key: str, expires: str, signature: str, now: float | None = None) -> int:
         """Return the expiry time, or raise SignatureInvalid / SignatureExpired."""
-        if not expires.isdigit() or len(expires) > 12:
+        if not _EXPIRES.fullmatch(expires) or not _SIGNATURE.fullmatch(signature):
             raise SignatureInvalid(key)
         when = int(expires)
         if not hmac.compare_digest(self._sign(key, when), signature):
@@ -50,6 +57,16 @@ class URLSigner:
         if when < (now if now is not None else time.time()):
             raise SignatureExpired(key)
         return when
+
+
+def key_of_url(url: str) -> str | None:
+    """The storage key of one of our hosted URLs, else None."""
+    path = urlsplit(url).path
+    marker = URL_PATH + "/"
+    if marker not in path:
+        return None
+    key = path.rsplit(marker, 1)[1]
+    return key if key and "/" not in key else None
 
 
 def load_or_create_key(path: Path) -> bytes:
