@@ -50,10 +50,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONBody:
     return error_response(InvalidRequestError(str(first.get("msg", "Invalid request.")), param=".".join(loc) or None))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONBody:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+def internal_error(method: str, path: str, request_id: str | None, exc: BaseException) -> JSONBody:
+    """Log an unexpected exception once (with its traceback) and answer the
+    envelope's 500; nothing of the exception reaches the client."""
+    log.error("unhandled error on %s %s (request %s)", method, path, request_id or "-", exc_info=exc)
     err = ImagegateError("The server had an error while processing your request.", code="internal_error")
     return JSONBody(err.envelope(), status_code=500)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONBody:
+    # Normally RequestIdMiddleware answers these (so the 500 carries x-request-id);
+    # this catches what escapes the middleware itself.
+    return internal_error(request.method, request.url.path, request.scope.get("state", {}).get("request_id"), exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

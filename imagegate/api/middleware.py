@@ -3,7 +3,8 @@
 Order, outermost first:
 
 1. ``RequestIdMiddleware`` - every response, errors included, carries
-   ``x-request-id`` and ``x-imagegate-cost-usd`` (0 unless a request ran).
+   ``x-request-id`` and ``x-imagegate-cost-usd`` (0 unless a request ran);
+   an unexpected exception is answered here as the envelope's 500.
 2. ``BodyLimitMiddleware`` - a body over ``server.max_body_mb`` gets 413
    before it is read: at once when ``Content-Length`` says so, else as soon
    as the running count passes the limit.
@@ -17,10 +18,11 @@ import secrets
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegate.api.errors import error_response, internal_error
 from imagegate.api.render import JSONBody
-from imagegate.errors import PayloadTooLargeError
+from imagegate.errors import ImagegateError, PayloadTooLargeError
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: no trailing newline into logs
 COST_HEADER = "x-imagegate-cost-usd"
 RESERVED_HEADER = "x-imagegate-cost-reserved-usd"
 _NO_COST = (COST_HEADER.encode(), b"0.000000")
@@ -35,11 +37,15 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _CLIENT_ID.match(incoming) else f"req_{secrets.token_hex(12)}"
+        request_id = incoming if _CLIENT_ID.fullmatch(incoming) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 names = {name.lower() for name, _ in headers}
                 # Every response says what it cost; one that did not run a request cost nothing.
@@ -48,7 +54,18 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, inside this middleware, so the 500 carries the request id
+            # (Starlette's own handler for Exception runs outside every middleware).
+            if started:
+                raise  # the answer has begun; the server ends it
+            if isinstance(exc, ImagegateError):  # raised outside the routes (a middleware's own)
+                response = error_response(exc)
+            else:
+                response = internal_error(scope.get("method", ""), scope.get("path", ""), request_id, exc)
+            await response(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:

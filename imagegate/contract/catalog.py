@@ -36,12 +36,12 @@ GPT_IMAGE_FIELDS = frozenset(
 )
 EXTENSION_FIELDS = frozenset({"seed", "negative_prompt", "num_inference_steps", "guidance_scale"})
 
-_SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+_SIZE_RE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
     """``"1024x768"`` -> ``(1024, 768)``; None for anything else (including ``auto``)."""
-    m = _SIZE_RE.match(size)
+    m = _SIZE_RE.fullmatch(size)  # not match + "$": "64x64\n" is not a size
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 

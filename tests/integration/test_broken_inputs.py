@@ -63,3 +63,10 @@ def test_json_edit_with_undecodable_image_url(server) -> None:
     assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("invalid_image", "images[0]")
     assert r.headers["x-request-id"]
 
+
+
+@pytest.mark.parametrize("size", ["64x64\n", "64x64\r\n", "64x64 ", "\n64x64"])
+def test_a_size_with_trailing_junk_is_refused(client: OpenAI, size: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="test-pattern", prompt="x", size=size)  # type: ignore[arg-type]
+    assert (err.value.body["param"], err.value.body["code"]) == ("size", "invalid_value")
