@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
-from imagegate.accounting import keys, usage
+from imagegate.accounting import keys, reservations, usage
+from imagegate.accounting.money import usd_str
 from imagegate.accounting.vault import Vault, new_encryption_key
+from imagegate.accounting.vault import view as vault_view
 from imagegate.config import Settings
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
@@ -26,6 +28,8 @@ T = TypeVar("T")
 CONFIG = click.option("--config", "config_path", envvar="IMAGEGATE_CONFIG", type=click.Path(dir_okay=False),
                       help="YAML config file (default: $IMAGEGATE_CONFIG, else the embedded defaults).")  # fmt: skip
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+TEAMS = click.option("--team", "teams", multiple=True, help="A team whose keys may use the virtual key (repeatable).")
+KEYS = click.option("--key", "key_refs", multiple=True, help="A key (id or ig- prefix) that may use it (repeatable).")
 
 
 def _settings(config_path: str | None) -> Settings:
@@ -190,6 +194,30 @@ def keys_revoke(config_path: str | None, ref: str) -> None:
     click.echo(f"revoked {view['id']} ({view['prefix']})")
 
 
+@keys_group.command("release-reservations")
+@CONFIG
+@click.argument("ref", required=False)
+@click.option("--all", "all_keys", is_flag=True, help="Every key's reservations (instead of one key's).")
+@click.option("--expired-only", is_flag=True, help="Only reservations past their expiry.")
+@AS_JSON
+def keys_release_reservations(config_path, ref, all_keys, expired_only, as_json) -> None:  # noqa: ANN001
+    """Give back budget reservations (of the key REF, or of --all keys).
+
+    The server releases expired reservations by itself, and at start those
+    its previous life left; this is for an administrator who knows a
+    reservation is stale before it expires. A request still running when its
+    reservation is released is charged its real cost when it ends."""
+    if (ref is None) == (not all_keys):
+        raise click.UsageError("give a key (id or ig- prefix) or --all")
+
+    async def work(session) -> dict[str, Any]:  # noqa: ANN001
+        key_id = (await keys.get_key(session, ref)).id if ref else None
+        count, total = await reservations.release_all(session, key_id, expired_only=expired_only)
+        return {"released": count, "released_usd": usd_str(total)}
+
+    _print(run_db(_settings(config_path), work), as_json)
+
+
 @click.group("teams")
 def teams_group() -> None:
     """Teams and their budgets."""
@@ -260,7 +288,13 @@ def vkeys_new_key() -> None:
 @click.argument("name")
 @click.option("--provider", required=True, help="The provider (from the config) the credential is for.")
 @click.option("--secret-env", required=True, help="Environment variable holding the credential (never an argument).")
-def vkeys_add(config_path: str | None, name: str, provider: str, secret_env: str) -> None:
+@TEAMS
+@KEYS
+def vkeys_add(
+    config_path: str | None, name: str, provider: str, secret_env: str, teams: tuple[str, ...], key_refs: tuple[str, ...]
+) -> None:
+    """Store (or replace) a credential. Only its owners (--team, --key) and admin keys may use it;
+    when replacing, owners not given stay as they are."""
     import os
 
     settings = _settings(config_path)
@@ -271,15 +305,68 @@ def vkeys_add(config_path: str | None, name: str, provider: str, secret_env: str
         raise click.BadParameter(f"{secret_env} is not set", param_hint="--secret-env")
     key = settings.auth.encryption_key
     vault = Vault(key.get_secret_value() if key else None)
-    run_db(settings, lambda session: vault.put(session, name, provider, secret))
-    click.echo(f"stored virtual key {name!r} for provider {provider!r}")
+
+    async def work(session: Any) -> str:
+        return _owners(await vault.put(session, name, provider, secret, teams=_given(teams), key_refs=_given(key_refs)))
+
+    click.echo(f"stored virtual key {name!r} for provider {provider!r}; {run_db(settings, work)}")
+
+
+def _given(values: tuple[str, ...]) -> list[str] | None:
+    return list(values) if values else None
+
+
+def _owners(row: Any) -> str:
+    shown = vault_view(row)
+    if not shown["teams"] and not shown["keys"]:
+        return "usable by admin keys only"
+    return f"usable by teams [{', '.join(shown['teams'])}], keys [{', '.join(shown['keys'])}] and admin keys"
 
 
 @vkeys_group.command("list")
 @CONFIG
-def vkeys_list(config_path: str | None) -> None:
-    rows = run_db(_settings(config_path), lambda session: Vault(None).names(session))
-    _print([{"name": r.name, "provider": r.provider} for r in rows], False)
+@AS_JSON
+def vkeys_list(config_path: str | None, as_json: bool) -> None:
+    """Virtual keys and their owners (never their secrets)."""
+
+    async def work(session: Any) -> list[dict[str, Any]]:
+        return [vault_view(r) for r in await Vault(None).names(session)]
+
+    rows = run_db(_settings(config_path), work)
+    if not as_json:
+        rows = [{**r, "teams": ",".join(r["teams"]), "keys": ",".join(r["keys"])} for r in rows]
+    _print(rows, as_json)
+
+
+def _change_owners(config_path: str | None, name: str, teams: tuple[str, ...], key_refs: tuple[str, ...], change: str) -> None:
+    if not teams and not key_refs:
+        raise click.UsageError("give at least one --team or --key")
+
+    async def work(session: Any) -> str:
+        row = await Vault(None).owners(session, name, teams=_given(teams), key_refs=_given(key_refs), change=change)  # type: ignore[arg-type]
+        return _owners(row)
+
+    click.echo(f"virtual key {name!r}: {run_db(_settings(config_path), work)}")
+
+
+@vkeys_group.command("grant")
+@CONFIG
+@click.argument("name")
+@TEAMS
+@KEYS
+def vkeys_grant(config_path: str | None, name: str, teams: tuple[str, ...], key_refs: tuple[str, ...]) -> None:
+    """Let teams or keys use a virtual key."""
+    _change_owners(config_path, name, teams, key_refs, "grant")
+
+
+@vkeys_group.command("revoke")
+@CONFIG
+@click.argument("name")
+@TEAMS
+@KEYS
+def vkeys_revoke(config_path: str | None, name: str, teams: tuple[str, ...], key_refs: tuple[str, ...]) -> None:
+    """Stop teams or keys from using a virtual key (with no owners left: admin keys only)."""
+    _change_owners(config_path, name, teams, key_refs, "revoke")
 
 
 @vkeys_group.command("remove")

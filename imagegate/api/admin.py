@@ -1,4 +1,4 @@
-"""``/admin/*``: keys, teams, usage, models, providers and virtual keys.
+"""``/admin/*``: keys, teams, budget reservations, usage, models, providers and virtual keys.
 
 Only the master key (``auth.master_key``) or a key created with ``admin``
 may call these; any other key gets 403. Key secrets appear once, in the
@@ -14,8 +14,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from imagegate.accounting import keys, usage
+from imagegate.accounting import keys, reservations, usage
+from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import PerImage, PerToken
+from imagegate.accounting.vault import view
 from imagegate.api.deps import AdminDep, ServiceDep
 from imagegate.api.render import JSONBody
 from imagegate.errors import InvalidRequestError
@@ -62,9 +64,20 @@ class TeamUpdate(_Body):
     clear_budget: bool = False
 
 
+Owners = list[Annotated[str, Field(min_length=1, max_length=128)]]
+
+
 class VirtualKeyPut(_Body):
     provider: str
     secret: str = Field(min_length=1)
+    teams: Owners | None = None  # None: keep the current owners (none for a new one)
+    keys: Owners | None = None  # key ids or shown prefixes (ig-...)
+
+
+class VirtualKeyOwners(_Body):
+    teams: Owners | None = None
+    keys: Owners | None = None
+    change: Literal["set", "grant", "revoke"] = "set"
 
 
 def _spec(body: KeyCreate | KeyUpdate) -> keys.KeySpec:
@@ -121,6 +134,28 @@ async def update_key(ref: str, body: KeyUpdate, service: ServiceDep, _: AdminDep
 async def revoke_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
     async with service.accounting.db.transaction() as session:
         return JSONBody(keys.key_view(await keys.revoke_key(session, ref)))
+
+
+@router.get("/reservations", response_model=None)
+async def list_reservations(service: ServiceDep, _: AdminDep, key: str | None = None) -> JSONBody:
+    """Budget reservations held by requests in flight (or left by a crash)."""
+    async with service.accounting.db.read() as session:
+        key_id = (await keys.get_key(session, key)).id if key else None
+        return JSONBody({"object": "list", "data": await reservations.list_held(session, key_id)})
+
+
+class ReleaseReservations(_Body):
+    key: str | None = None  # a key id or prefix; None: every key
+    expired_only: bool = False
+
+
+@router.post("/reservations/release", response_model=None)
+async def release_reservations(body: ReleaseReservations, service: ServiceDep, _: AdminDep) -> JSONBody:
+    """Give back reservations now (``imagegate keys release-reservations``)."""
+    async with service.accounting.db.transaction() as session:
+        key_id = (await keys.get_key(session, body.key)).id if body.key else None
+        count, total = await reservations.release_all(session, key_id, expired_only=body.expired_only)
+    return JSONBody({"released": count, "released_usd": usd_str(total)})
 
 
 @router.get("/teams", response_model=None)
@@ -203,15 +238,32 @@ async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _
     if body.provider not in service.providers:
         raise InvalidRequestError(f"No provider named {body.provider!r}.", param="provider")
     async with service.accounting.db.transaction() as session:
-        row = await service.accounting.vault.put(session, name, body.provider, body.secret)
-        return JSONBody({"name": row.name, "provider": row.provider})
+        vault = service.accounting.vault
+        row = await vault.put(session, name, body.provider, body.secret, teams=body.teams, key_refs=body.keys)
+        return JSONBody(view(row))
+
+
+@router.patch("/virtual-keys/{name}", response_model=None)
+async def change_virtual_key_owners(name: str, body: VirtualKeyOwners, service: ServiceDep, _: AdminDep) -> JSONBody:
+    """Who may use it: replace (``set``), add to (``grant``) or remove from
+    (``revoke``) its teams and keys. No owners: admin keys only."""
+    async with service.accounting.db.transaction() as session:
+        vault = service.accounting.vault
+        row = await vault.owners(session, name, teams=body.teams, key_refs=body.keys, change=body.change)
+        return JSONBody(view(row))
 
 
 @router.get("/virtual-keys", response_model=None)
 async def list_virtual_keys(service: ServiceDep, _: AdminDep) -> JSONBody:
     async with service.accounting.db.read() as session:
         rows = await service.accounting.vault.names(session)
-        return JSONBody({"object": "list", "data": [{"name": r.name, "provider": r.provider} for r in rows]})
+        return JSONBody({"object": "list", "data": [view(r) for r in rows]})
+
+
+@router.get("/virtual-keys/{name}", response_model=None)
+async def show_virtual_key(name: str, service: ServiceDep, _: AdminDep) -> JSONBody:
+    async with service.accounting.db.read() as session:
+        return JSONBody(view(await service.accounting.vault.get(session, name)))
 
 
 @router.delete("/virtual-keys/{name}", response_model=None)

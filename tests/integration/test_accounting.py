@@ -252,9 +252,9 @@ def test_streaming_reserves_then_settles(gw: Running) -> None:
 
 
 def test_virtual_key_sends_its_credential_upstream(gw: Running, upstream: OpenAIStandIn) -> None:
-    r = admin(gw, "PUT", "/admin/virtual-keys/team-openai", json={"provider": "up", "secret": "sk-virtual-secret-42"})
-    assert r.status_code == 200
     key = new_key(gw)
+    r = admin(gw, "PUT", "/admin/virtual-keys/team-openai", json={"provider": "up", "secret": "sk-virtual-secret-42", "keys": [key["id"]]})  # fmt: skip
+    assert r.status_code == 200
     upstream.received.clear()
     ok = httpx.post(f"{gw.base_url}/v1/images/generations", json={"model": "gpt-image-1", "prompt": "x"}, timeout=30,
                     headers={"x-portkey-api-key": key["key"], "x-portkey-virtual-key": "team-openai"})  # fmt: skip

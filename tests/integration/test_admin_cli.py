@@ -89,6 +89,23 @@ def test_virtual_keys_from_the_command_line(tmp_path: Path) -> None:
                               env={"VK_SECRET": "sk-top-secret"}))  # fmt: skip
     assert b"sk-top-secret" not in (tmp_path / "data" / "imagegate.db").read_bytes()
     assert "vk1" in ok(cli(config, "virtual-keys", "list"))
+    # owners: none (admin keys only) until granted; --team/--key on add, grant and revoke
+    listed = json.loads(ok(cli(config, "virtual-keys", "list", "--json")))
+    assert listed == [{"name": "vk1", "provider": "demo", "teams": [], "keys": []}]
+    key = json.loads(ok(cli(config, "keys", "create", "--name", "k", "--json")))
+    granted = ok(cli(config, "virtual-keys", "grant", "vk1", "--team", "design", "--key", key["prefix"]))
+    assert "design" in granted and key["id"] in granted
+    shown = json.loads(ok(cli(config, "virtual-keys", "list", "--json")))
+    assert shown == [{"name": "vk1", "provider": "demo", "teams": ["design"], "keys": [key["id"]]}]
+    table = ok(cli(config, "virtual-keys", "list"))
+    assert "design" in table and key["id"] in table and "sk-top-secret" not in table
+    assert "admin keys only" in ok(cli(config, "virtual-keys", "revoke", "vk1", "--team", "design", "--key", key["id"]))
+    assert "team-x" in ok(cli(config, "virtual-keys", "add", "vk3", "--provider", "demo", "--secret-env", "VK_SECRET",
+                              "--team", "team-x", env={"VK_SECRET": "sk-other"}))  # fmt: skip
+    unknown_key = cli(config, "virtual-keys", "grant", "vk3", "--key", "key_nope")
+    assert unknown_key.returncode == 1 and "No key" in unknown_key.stderr
+    assert cli(config, "virtual-keys", "grant", "vk3").returncode == 2  # nothing to grant
+    assert cli(config, "virtual-keys", "grant", "nope", "--team", "t").returncode == 1
     assert "removed" in ok(cli(config, "virtual-keys", "remove", "vk1"))
     unset = cli(config, "virtual-keys", "add", "vk2", "--provider", "demo", "--secret-env", "NOT_SET_ANYWHERE")
     assert unset.returncode == 2 and "NOT_SET_ANYWHERE is not set" in unset.stderr

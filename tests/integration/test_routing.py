@@ -46,7 +46,7 @@ def _model(*deps: dict[str, Any], **extra: Any) -> dict[str, Any]:
 def gw(ups: dict[str, OpenAIStandIn], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     cfg = {
         "auth": {"master_key": MASTER},
-        "pricing": {"test-pattern": {"per_image": 0.01}},
+        "pricing": {"test-pattern": {"per_image": 0.01}, "cheap": {"per_image": 0.01}, "pricey": {"per_image": 0.5}},
         "routing": {
             "backoff_initial_seconds": 0.01,
             "backoff_max_seconds": 0.05,
@@ -75,6 +75,8 @@ def gw(ups: dict[str, OpenAIStandIn], tmp_path_factory: pytest.TempPathFactory) 
             "limited": _model(_dep("a", max_concurrency=1)),
             "chaos": _model(_dep("a", timeout_seconds=0.5), _dep("b", timeout_seconds=0.5), fallbacks=["test-pattern"]),
             "test-pattern": [{"provider": "local"}],
+            "cheap": _model(_dep("a"), fallbacks=["pricey"]),
+            "pricey": _model(_dep("b")),
         },
     }
     with run_server(cfg, tmp_path_factory.mktemp("routing")) as running:
@@ -158,6 +160,48 @@ def test_fallback_only_for_the_listed_error_kinds(gw: Running, ups: dict[str, Op
     r = gen(gw, model)
     assert r.status_code == status
     assert r.headers.get("x-imagegate-model") == served_by
+
+
+def test_fallbacks_respect_the_keys_allowed_models(gw: Running, ups: dict[str, OpenAIStandIn]) -> None:
+    admin = {"Authorization": f"Bearer {MASTER}"}
+
+    def key(models: list[str], **extra: Any) -> dict[str, Any]:
+        body = {"name": "allow-list", "models": models, **extra}
+        return httpx.post(f"{gw.base_url}/admin/keys", headers=admin, json=body).json()
+
+    def call(secret: str) -> httpx.Response:
+        ups["a"].script.clear()
+        ups["a"].script.extend([ERR500] * 5)  # the primary's one deployment fails every attempt
+        return httpx.post(f"{gw.base_url}/v1/images/generations", json={"model": "cheap", "prompt": "x"},
+                          headers={"Authorization": f"Bearer {secret}"}, timeout=30)  # fmt: skip
+
+    def usage(key_id: str) -> list[tuple[str, int, int]]:
+        rows = httpx.get(f"{gw.base_url}/admin/usage", headers=admin, params={"key": key_id, "group_by": "model"})
+        return [(row["model"], row["requests"], row["errors"]) for row in rows.json()["data"]]
+
+    # allowed only `cheap`: the primary's own error, never an answer from the fallback it may not use
+    only_cheap = key(["cheap"])
+    r = call(only_cheap["key"])
+    assert r.status_code == 500 and r.json()["error"]["message"] == "boom", r.text
+    assert "x-imagegate-model" not in r.headers and ups["b"].received == []
+    assert usage(only_cheap["id"]) == [("cheap", 1, 1)]
+
+    # and its reservation is cheap's $0.01, not the fallback's $0.50, which a $0.05 budget could not cover
+    budgeted = key(["cheap"], budget_usd=0.05)
+    r = call(budgeted["key"])
+    assert r.status_code == 500 and r.json()["error"]["message"] == "boom", r.text
+    state = httpx.get(f"{gw.base_url}/admin/keys/{budgeted['id']}", headers=admin).json()
+    assert (state["spent_usd"], state["reserved_usd"]) == ("0.000000", "0.000000")
+    assert usage(budgeted["id"]) == [("cheap", 1, 1)] and ups["b"].received == []
+
+    # allowed both: the fallback serves, and the reservation covers it
+    both = key(["cheap", "pricey"], budget_usd=0.05)
+    r = call(both["key"])
+    assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"  # it could cost the fallback's $0.50
+    httpx.patch(f"{gw.base_url}/admin/keys/{both['id']}", headers=admin, json={"budget_usd": 1}).raise_for_status()
+    r = call(both["key"])
+    assert r.status_code == 200 and r.headers["x-imagegate-model"] == "pricey"
+    assert len(ups["b"].received) == 1
 
 
 def test_cooldown_takes_a_failing_deployment_out_then_probes_it(gw: Running, ups: dict[str, OpenAIStandIn]) -> None:
