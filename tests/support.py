@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -150,3 +153,73 @@ def png_with_idat(idat: bytes, width: int = 64, height: int = 64, mode: str = "R
 
 # Undecodable PNGs: pixel data that is not zlib at all, and none at all.
 BROKEN_PNGS = {"garbage_idat": b"\x00not zlib data" * 16, "empty_idat": b""}
+
+
+# -- a server as its own process (to kill it, read its log) -------------------
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    data_dir: Path
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def sdk(self, api_key: str = "sk-test", **kwargs: Any) -> OpenAI:
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    config: dict[str, Any], tmp: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """``imagegate serve`` in a child process on 127.0.0.1; its output goes to
+    ``tmp/server.log``. Stopped (SIGTERM, then SIGKILL) at the end."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = {**config, "server": {"data_dir": str(tmp / "data"), **config.get("server", {})}}
+    config_path = tmp / "imagegate.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = port or _free_port()
+    log_path = tmp / "server.log"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imagegate", "serve", "--config", str(config_path), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env={**base_env, **(env or {})}, cwd=tmp,
+        )  # fmt: skip
+    running = ServerProcess(f"http://127.0.0.1:{port}", Path(config["server"]["data_dir"]), config_path, log_path, proc)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{running.base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"imagegate serve did not start:\n{running.log()}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
