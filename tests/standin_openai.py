@@ -5,6 +5,9 @@ variations, ``ImagesResponse``, SSE streams, the error envelope) over real
 HTTP, records every request it receives, and answers either like OpenAI
 would or with the next scripted fault: an error status with envelope, garbage,
 a truncated body, a connection reset, a hang, image URLs, or a stream.
+A fault with ``echo`` set repeats the request's headers into its text
+(``$AUTHORIZATION``, ``$TOKEN``: the bare credential, ``$HEADERS``), as
+careless upstreams do in their errors.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -38,13 +42,14 @@ class Received:
 
 @dataclass
 class Fault:
-    kind: str  # status | garbage | truncated | reset | hang | url | stream | json
+    kind: str  # status | garbage | truncated | reset | hang | url | stream | json | slow
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
     gate: threading.Event | None = None  # stream: wait for it after the first event
+    echo: bool = False  # replace $AUTHORIZATION, $TOKEN, $HEADERS in body and events with the request's
 
 
 def png_of(width: int, height: int, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
@@ -66,6 +71,7 @@ class OpenAIStandIn:
     def __init__(self, image: bytes | None = None) -> None:
         self.image = image or png_of(64, 48)
         self.received: list[Received] = []
+        self.fetched: list[Received] = []  # GETs of image URLs, with their headers
         self.served: list[bytes] = []  # the image bytes of each success answer
         self.script: deque[Fault] = deque()
         self.gate_released_in_time: bool | None = None
@@ -82,8 +88,12 @@ class OpenAIStandIn:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - image URLs handed out by "url" answers
+                with standin._lock:
+                    standin.fetched.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path.startswith("/files/"):
                     self._send(200, standin.image, "image/png")
+                elif self.path.startswith("/redirect/"):  # /redirect/<url, percent-encoded>
+                    self._send(302, b"", "text/plain", {"Location": urllib.parse.unquote(self.path[10:])})
                 else:
                     self._send(404, b"{}", "application/json")
 
@@ -154,6 +164,8 @@ class OpenAIStandIn:
         }
 
     def answer(self, h: Any, rec: Received, fault: Fault | None) -> None:
+        if fault is not None and fault.echo:
+            fault = replace(fault, body=_echo(fault.body, rec), events=_echo(fault.events, rec))
         if fault is None or fault.kind == "json":
             payload = fault.body if fault is not None and fault.body is not None else self.success_payload(rec)
             h._send(
@@ -180,10 +192,10 @@ class OpenAIStandIn:
         elif fault.kind == "hang":
             time.sleep(fault.seconds)
             h.close_connection = True
-        elif fault.kind == "url":
+        elif fault.kind == "url":  # body: the URL to hand out (default: this stand-in's own)
             self.success_payload(rec)  # picks (and records) the image of the asked size
-            base = self.base_url.removesuffix("/v1")
-            payload = {"created": 1_700_000_124, "data": [{"url": f"{base}/files/img.png", "revised_prompt": "r"}]}
+            url = fault.body or f"{self.base_url.removesuffix('/v1')}/files/img.png"
+            payload = {"created": 1_700_000_124, "data": [{"url": url, "revised_prompt": "r"}]}
             h._send(200, json.dumps(payload).encode(), "application/json")
         elif fault.kind == "stream":
             self._stream(h, fault)
@@ -211,6 +223,19 @@ class OpenAIStandIn:
             h.wfile.flush()
             if i == 0 and fault.gate is not None:
                 self.gate_released_in_time = fault.gate.wait(timeout=15)
+
+
+def _echo(value: Any, rec: Received) -> Any:
+    if isinstance(value, str):
+        headers = json.dumps(rec.headers)
+        auth = rec.headers.get("authorization", "")
+        value = value.replace("$AUTHORIZATION", auth).replace("$TOKEN", auth.removeprefix("Bearer "))
+        return value.replace("$HEADERS", headers)
+    if isinstance(value, list):
+        return [_echo(v, rec) for v in value]
+    if isinstance(value, dict):
+        return {k: _echo(v, rec) for k, v in value.items()}
+    return value
 
 
 def _parse_multipart(ctype: str, body: bytes, rec: Received) -> None:

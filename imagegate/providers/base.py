@@ -27,9 +27,9 @@ Contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import pybase64
 from pydantic import BaseModel, ConfigDict
@@ -147,12 +147,30 @@ class CompletedImage:
     meta: ImageMeta = ImageMeta()
 
 
+class FetchURL(Protocol):
+    """The gateway's SSRF-checked fetcher for image URLs an upstream answers
+    with (``ImageFetcher.download``): ``headers`` go only to
+    ``trusted_origin`` (the provider's base URL); failures are UpstreamErrors."""
+
+    async def __call__(
+        self,
+        url: str,
+        *,
+        provider: str,
+        headers: Mapping[str, str] | None = None,
+        trusted_origin: str | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes: ...
+
+
 @dataclass(slots=True)
 class ProviderContext:
-    """What the app hands every provider at construction."""
+    """What the app hands every provider at construction. A provider fetches
+    an upstream-supplied URL only through ``fetch_url``, never on its own."""
 
     max_image_pixels: int
     extra: dict[str, object] = field(default_factory=dict)
+    fetch_url: FetchURL | None = None
 
 
 class Provider(ABC):

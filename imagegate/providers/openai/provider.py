@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from imagegate.contract.catalog import GENERATIONS, MB, FreeSizeRule, permissive
 from imagegate.contract.requests import ImageRequest
-from imagegate.errors import UpstreamError, UpstreamTimeoutError
+from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
 from imagegate.providers.base import (
     CompletedImage,
     Deployment,
@@ -33,6 +33,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.openai import wire
 from imagegate.providers.openai.fastjson import loads_images
+from imagegate.providers.redact import redact_error
 from imagegate.providers.transport import AiohttpTransport
 
 # Rules for a model name the catalog does not know (e.g. FLUX behind an
@@ -106,10 +107,18 @@ class OpenAIProvider(Provider):
         data, files = wire.multipart(request, deployment.model)
         return self._client.build_request("POST", path, data=data, files=files, headers=auth, **extra)
 
+    def _secrets(self, deployment: Deployment) -> list[str | None]:
+        """What an upstream's text must never pass on: this call's credential,
+        the provider's, and its header values (short ones are no secrets and
+        would mangle messages)."""
+        key = self.options.api_key.get_secret_value() if self.options.api_key else None
+        return [deployment.api_key, key, *(v for v in self.options.headers.values() if len(v) >= 8)]
+
     @asynccontextmanager
     async def _exchange(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[httpx.Response]:
         """Send, map transport failures and error answers; yield a 200 response
-        whose body has not been read yet."""
+        whose body has not been read yet. Every error raised in the exchange,
+        stream errors included, leaves here with its secrets redacted."""
         try:
             async with asyncio.timeout(self.options.timeout_seconds):
                 response = await self._client.send(self._build(request, deployment), stream=True)
@@ -120,6 +129,9 @@ class OpenAIProvider(Provider):
                     yield response
                 finally:
                     await response.aclose()
+        except ImagegateError as exc:
+            redact_error(exc, self._secrets(deployment))
+            raise
         except TimeoutError:
             raise self._timeout() from None
         except httpx.TimeoutException as exc:
@@ -156,7 +168,7 @@ class OpenAIProvider(Provider):
         async with self._exchange(request, deployment) as response:
             payload = wire.parse_json(self.name, await self._read(response))
             images = [await self._image(request, item) for item in wire.result_items(self.name, payload)]
-            return wire.build_result(images, payload)
+            return wire.build_result(self.name, images, payload)
 
     generate = edit = variation = run
 
@@ -166,14 +178,17 @@ class OpenAIProvider(Provider):
         url = item.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise wire.invalid(self.name, "an image has neither b64_json nor an http(s) url")
-        # The upstream's own short-lived URL: fetched without our credentials.
-        response = await self._client.send(self._client.build_request("GET", url), stream=True)
-        try:
-            if response.status_code != 200:
-                raise wire.invalid(self.name, f"its image URL answered HTTP {response.status_code}")
-            data = await self._read(response)
-        finally:
-            await response.aclose()
+        if self.context.fetch_url is None:
+            raise wire.invalid(self.name, "it answered with an image URL, and this gateway fetches none")
+        # Through the gateway's SSRF-checked fetcher, never with the Authorization
+        # header; the custom headers only to the provider's own origin.
+        data = await self.context.fetch_url(
+            url,
+            provider=self.name,
+            headers=self.options.headers,
+            trusted_origin=self.options.base_url,
+            max_bytes=self._max_bytes,
+        )
         return wire.image_from_bytes(self.name, data, request, item.get("revised_prompt"))
 
     async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
@@ -204,7 +219,7 @@ class OpenAIProvider(Provider):
                     yield PartialImage(index if isinstance(index, int) else 0, image, meta)
                 elif kind.endswith(".completed"):
                     completed += 1
-                    yield CompletedImage(image, wire.parse_usage(payload.get("usage")), meta)
+                    yield CompletedImage(image, wire.parse_usage(payload.get("usage"), self.name), meta)
         if not completed:
             raise UpstreamError(
                 f"The upstream '{self.name}' ended the stream before any completed image.", code="upstream_stream_incomplete"

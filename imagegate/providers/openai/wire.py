@@ -76,12 +76,27 @@ def parse_json(provider: str, body: bytes) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count: absent is 0, ``1e3`` is 1000; anything else is malformed.
+    (Whether the number is plausible is the gateway's check, gateway/checks.py.)"""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"a token count is {type(value).__name__} {str(value)[:40]!r}")
 
 
-def parse_usage(raw: Any) -> Usage | None:
+def parse_usage(raw: Any, provider: str) -> Usage | None:
     if not isinstance(raw, dict):
         return None
+    try:
+        return _usage(raw)
+    except ValueError as exc:
+        raise invalid(provider, f"its usage is malformed ({exc})") from None
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
     inp = raw.get("input_tokens_details") if isinstance(raw.get("input_tokens_details"), dict) else {}
     out = raw.get("output_tokens_details") if isinstance(raw.get("output_tokens_details"), dict) else None
     return Usage(
@@ -147,8 +162,8 @@ def result_items(provider: str, payload: dict[str, Any]) -> list[dict[str, Any]]
     return items
 
 
-def build_result(images: list[GeneratedImage], payload: dict[str, Any]) -> ProviderResult:
-    return ProviderResult(images, usage=parse_usage(payload.get("usage")), meta=parse_meta(payload))
+def build_result(provider: str, images: list[GeneratedImage], payload: dict[str, Any]) -> ProviderResult:
+    return ProviderResult(images, usage=parse_usage(payload.get("usage"), provider), meta=parse_meta(payload))
 
 
 # -- errors -------------------------------------------------------------------
@@ -162,9 +177,16 @@ def error_from(provider: str, status: int, body: bytes, headers: dict[str, str])
     """Map an upstream error answer to the client's error, faithfully.
 
     Status, type, code, param and message pass through, with rate-limit
-    headers. Rejected upstream credentials become a 502 that names the
-    provider but repeats nothing of the upstream's message (it may quote the
-    key). A body that is no OpenAI error envelope becomes a 502."""
+    headers (the provider redacts secrets from them). Rejected upstream
+    credentials become a 502 that names the provider but repeats nothing of
+    the upstream's message (it may quote the key). A body that is no OpenAI
+    error envelope, or a status that is neither 200 nor 4xx/5xx (1xx, 201,
+    204, 3xx, 999), becomes a 502."""
+    if not 400 <= status <= 599:
+        return UpstreamError(
+            f"The upstream '{provider}' answered with HTTP status {status}, which an images API never sends.",
+            code="invalid_upstream_response",
+        )
     if status in (401, 403):
         return UpstreamError(
             f"The upstream '{provider}' rejected this gateway's credentials (HTTP {status}); "
