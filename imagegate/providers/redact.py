@@ -19,7 +19,7 @@ from imagegate.errors import ImagegateError
 _REDACTED = "[redacted]"
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"),  # Authorization values
-    re.compile(r"\bsk-[A-Za-z0-9_*.\-]{6,}"),  # OpenAI-style keys, whole or masked
+    re.compile(r"\bsk-[A-Za-z0-9_*\-]{6,}"),  # OpenAI-style keys, whole or masked
     re.compile(r"(?i)\b(api[-_]?key|x-api-key|access[-_]?token)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"),
 )
 
