@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -15,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -184,12 +186,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _limit_file_size(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: write() raises
+
+
 @contextmanager
 def serve_process(
-    config: dict[str, Any], tmp: Path, port: int | None = None, env: dict[str, str] | None = None
+    config: dict[str, Any],
+    tmp: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    max_file_bytes: int | None = None,
 ) -> Iterator[ServerProcess]:
     """``imagegate serve`` in a child process on 127.0.0.1; its output goes to
-    ``tmp/server.log``. Stopped (SIGTERM, then SIGKILL) at the end."""
+    ``tmp/server.log``. Stopped (SIGTERM, then SIGKILL) at the end.
+    ``max_file_bytes`` caps every file the server writes (RLIMIT_FSIZE): a
+    write past it fails with EFBIG, as a write to a full disk fails."""
     tmp.mkdir(parents=True, exist_ok=True)
     config = {**config, "server": {"data_dir": str(tmp / "data"), **config.get("server", {})}}
     config_path = tmp / "imagegate.yaml"
@@ -201,6 +213,7 @@ def serve_process(
         proc = subprocess.Popen(
             [sys.executable, "-m", "imagegate", "serve", "--config", str(config_path), "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env={**base_env, **(env or {})}, cwd=tmp,
+            preexec_fn=None if max_file_bytes is None else partial(_limit_file_size, max_file_bytes),
         )  # fmt: skip
     running = ServerProcess(f"http://127.0.0.1:{port}", Path(config["server"]["data_dir"]), config_path, log_path, proc)
     try:

@@ -322,17 +322,26 @@ class ImageService:
         interval = self.settings.storage.sweep_interval_seconds
         while True:
             await asyncio.sleep(interval)
-            try:
-                removed = await self.storage.sweep(time.time() - self.signer.ttl_seconds)
-                if removed:
-                    log.info("swept %d expired image(s)", removed)
-                await self.idempotency.sweep()
-            except Exception:  # keep sweeping on the next turn
-                log.exception("sweeping expired images failed")
-            try:  # journaled settlements, stale budget reservations
-                await self.accounting.housekeeping()
-            except Exception as exc:
-                log.warning("accounting housekeeping failed, retrying on the next sweep: %s", exc)
+            await self.sweep_once()
+
+    async def sweep_once(self) -> None:
+        """One pass of the sweeper. Each sweep runs on its own: one failing
+        (a storage error every pass) never stops the others, and costs one
+        log line per pass, not a traceback."""
+        try:
+            removed = await self.storage.sweep(time.time() - self.signer.ttl_seconds)
+            if removed:
+                log.info("swept %d expired image(s)", removed)
+        except Exception as exc:
+            log.warning("sweeping expired images failed, retrying on the next sweep: %s", exc)
+        try:
+            await self.idempotency.sweep()
+        except Exception as exc:
+            log.warning("sweeping idempotency records failed, retrying on the next sweep: %s", exc)
+        try:  # journaled settlements, stale budget reservations
+            await self.accounting.housekeeping()
+        except Exception as exc:
+            log.warning("accounting housekeeping failed, retrying on the next sweep: %s", exc)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -3,16 +3,25 @@
 Files live under ``<root>/<first two key characters>/<key>``; writes go to a
 temporary name and are renamed into place, so a reader never sees half a
 file. The file's mtime is its creation time, which ``sweep`` uses.
+
+Directories are made as needed, so a root deleted under a running server
+comes back with the next write. A failed write (disk full, no permission)
+removes its temporary file and raises 503 ``storage_unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 from pathlib import Path
 
+from imagegate.errors import ServiceUnavailableError
 from imagegate.storage.base import Storage, StoredObject, content_type_for, new_key
+
+log = logging.getLogger("imagegate.storage")
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)")  # fullmatch: "<key>\n" is no key
 
@@ -30,11 +39,17 @@ class LocalStorage(Storage):
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         assert path is not None
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{key}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # no partial file left behind
+            log.error("storing an image under %s failed: %s", self.root, exc)
+            raise _unavailable(exc) from exc
 
     async def put(self, data: bytes, ext: str) -> str:
         key = new_key(ext)
@@ -49,8 +64,11 @@ class LocalStorage(Storage):
             with open(path, "rb") as fh:
                 created = os.fstat(fh.fileno()).st_mtime
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            log.error("reading a stored image under %s failed: %s", self.root, exc)
+            raise _unavailable(exc) from exc
         return StoredObject(key, data, content_type_for(key), created)
 
     async def get(self, key: str) -> StoredObject | None:
@@ -71,10 +89,15 @@ class LocalStorage(Storage):
 
     def _sweep(self, older_than: float) -> int:
         removed = 0
+        self.root.mkdir(parents=True, exist_ok=True)
         for shard in os.scandir(self.root):
             if not shard.is_dir():
                 continue
-            for entry in os.scandir(shard.path):
+            try:
+                entries = list(os.scandir(shard.path))
+            except FileNotFoundError:  # removed since the listing
+                continue
+            for entry in entries:
                 try:
                     if entry.stat().st_mtime < older_than:
                         os.unlink(entry.path)
@@ -89,6 +112,7 @@ class LocalStorage(Storage):
     def _writable(self) -> bool:
         probe = self.root / ".ready"
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
             probe.unlink()
             return True
@@ -97,3 +121,11 @@ class LocalStorage(Storage):
 
     async def ready(self) -> bool:
         return await asyncio.to_thread(self._writable)
+
+
+def _unavailable(exc: OSError) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"The image store is unavailable ({exc.strerror or 'I/O error'}); try again later, "
+        "or ask for response_format 'b64_json', which needs no storage.",
+        code="storage_unavailable",
+    )
