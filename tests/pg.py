@@ -31,29 +31,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class PostgresInstance:
+    """A running throwaway server that a test may stop and start again."""
+
+    def __init__(self, bindir: str, base: str, port: int, prefix: list[str]) -> None:
+        self.bindir, self.base, self.port, self.prefix = bindir, base, port, prefix
+        self.data = os.path.join(base, "data")
+        self.url = f"postgresql+asyncpg://imagegate@127.0.0.1:{port}/imagegate"
+
+    def run(self, *args: str) -> None:
+        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self.run(f"{self.bindir}/pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "server.log"), "-w", "-t", "60",
+                 "start", "-o", f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+                 "-c max_connections=200")  # fmt: skip
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield an asyncpg SQLAlchemy URL of a fresh, empty database."""
+def postgres_instance() -> Iterator[PostgresInstance]:
+    """A fresh server with an empty ``imagegate`` database; deleted after."""
     bindir = _bindir()
     as_root = os.geteuid() == 0
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
     base = tempfile.mkdtemp(prefix="imagegate-pg-", dir="/tmp")
-    data = os.path.join(base, "data")
     if as_root:
         shutil.chown(base, "postgres", "postgres")
-    port = _free_port()
-    log = os.path.join(base, "server.log")
-
-    def run(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
-
-    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "imagegate", "--no-sync")
-    run(f"{bindir}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "start",
-        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")  # fmt: skip
+    pg = PostgresInstance(bindir, base, _free_port(), prefix)
+    pg.run(f"{bindir}/initdb", "-D", pg.data, "-A", "trust", "-U", "imagegate", "--no-sync")
+    pg.start()
     try:
-        run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "imagegate", "imagegate")
-        yield f"postgresql+asyncpg://imagegate@127.0.0.1:{port}/imagegate"
+        pg.run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "imagegate", "imagegate")
+        yield pg
     finally:
-        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)  # fmt: skip
+        pg.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an asyncpg SQLAlchemy URL of a fresh, empty database."""
+    with postgres_instance() as pg:
+        yield pg.url

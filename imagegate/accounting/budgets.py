@@ -107,4 +107,3 @@ async def charge(session: AsyncSession, key_id: str, team: str | None, amount: i
                 .values(spent_nusd=table.spent_nusd + amount)
                 .execution_options(synchronize_session=False)
             )
-

@@ -52,9 +52,7 @@ class IdempotencyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def claim(
-        self, scope: str, key: str, fingerprint: str, wait_seconds: float, lease_seconds: float
-    ) -> Replay | None:
+    async def claim(self, scope: str, key: str, fingerprint: str, wait_seconds: float, lease_seconds: float) -> Replay | None:
         """None: the key is ours, run the request. A Replay: it ran already.
         Waits while another live request holds the key; raises Conflict for
         a different body."""
@@ -65,8 +63,13 @@ class IdempotencyStore:
                 async with self._db.transaction() as session:
                     session.add(
                         IdempotencyRecord(
-                            scope=scope, key=key, fingerprint=fingerprint, done=False, created_at=utcnow(),
-                            owner=this_process(), lease_expires_at=lease,
+                            scope=scope,
+                            key=key,
+                            fingerprint=fingerprint,
+                            done=False,
+                            created_at=utcnow(),
+                            owner=this_process(),
+                            lease_expires_at=lease,
                         )  # fmt: skip
                     )
                 return None
@@ -144,7 +147,9 @@ class IdempotencyStore:
                 async with self._db.transaction() as session:
                     await session.execute(
                         delete(IdempotencyRecord).where(
-                            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key, IdempotencyRecord.owner == owner,
+                            IdempotencyRecord.scope == scope,
+                            IdempotencyRecord.key == key,
+                            IdempotencyRecord.owner == owner,
                             IdempotencyRecord.done.is_(False),
                         )  # fmt: skip
                     )

@@ -37,6 +37,10 @@ PARTIAL_IMAGE_TOKENS = 100
 # Reservation bound for one input image (edits), in image tokens: above what
 # high input fidelity uses, so a reservation is never below the real cost.
 INPUT_IMAGE_TOKENS_BOUND = 10_000
+# Input tokens an upstream may bill beyond the prompt's and the images' own
+# (OpenAI's generation answers report some image input tokens even without
+# an input image); reserved at the dearer input rate.
+INPUT_OVERHEAD_TOKENS = 512
 # Without usage, input text is estimated at 4 characters per token.
 CHARS_PER_TOKEN = 4
 
@@ -132,7 +136,8 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     admission. For token prices: the most output tokens the model produces
     at the asked size at *any* quality (an upstream may bill ``high`` when
     ``low`` was asked), every partial image, one token per prompt byte and
-    the input-image bound, all at the dearest output rate."""
+    the input-image bound and an allowance for input overhead, all at the
+    dearest rates."""
     if price is None:
         return 0
     n = request.n
@@ -147,7 +152,8 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
-    return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input
+    overhead = INPUT_OVERHEAD_TOKENS * max(price.text_input, price.image_input)
+    return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input + overhead
 
 
 def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage | None, meta: ImageMeta) -> Cost:

@@ -25,10 +25,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting import budgets
+from imagegate.accounting.money import usd_str
 from imagegate.accounting.owner import is_gone, this_process
 from imagegate.db.engine import Database
 from imagegate.db.models import ApiKey, Reservation, aware, utcnow
@@ -87,14 +88,21 @@ async def take(session: AsyncSession, reservation_id: str) -> Held | None:
     return Held(reservation_id, amount)
 
 
-async def _release_each(db: Database, ids: list[str]) -> tuple[int, int]:
-    count = total = 0
-    for rid in ids:
-        async with db.transaction() as session:
-            row = await take(session, rid)
-        if row is not None:
-            count, total = count + 1, total + row.amount
-    return count, total
+async def _release_where(session: AsyncSession, *conditions: ColumnElement[bool]) -> tuple[int, int]:
+    """Delete the matching rows and give their amounts back, in the caller's
+    transaction. A settlement racing with this finds its row gone and gives
+    nothing back twice."""
+    rows = (
+        await session.execute(
+            delete(Reservation)
+            .where(*conditions)
+            .returning(Reservation.key_id, Reservation.team, Reservation.amount_nusd)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    for key_id, team, amount in rows:
+        await budgets.release(session, key_id, team, amount)
+    return len(rows), sum(amount for _, _, amount in rows)
 
 
 async def release_stale(db: Database, now: datetime | None = None) -> tuple[int, int]:
@@ -111,20 +119,42 @@ async def release_stale(db: Database, now: datetime | None = None) -> tuple[int,
             )
         ).all()
     stale = [rid for rid, owner, expires in rows if aware(expires) < now or is_gone(owner)]
-    count, total = await _release_each(db, stale)
+    if not stale:
+        return 0, 0
+    async with db.transaction() as session:
+        count, total = await _release_where(session, Reservation.id.in_(stale))
     if count:
         log.warning("released %d stale budget reservation(s) worth %d nano-USD (expired or left by a stopped process)",
                     count, total)  # fmt: skip
     return count, total
 
 
-async def release_all(db: Database, key_id: str | None = None) -> tuple[int, int]:
-    """An administrator's release: every reservation (of one key), live or
-    not. A live request settles later without giving anything back twice."""
-    async with db.read() as session:
-        query = select(Reservation.id)
-        if key_id is not None:
-            query = query.where(Reservation.key_id == key_id)
-        ids = list((await session.execute(query)).scalars())
-    return await _release_each(db, ids)
+async def release_all(session: AsyncSession, key_id: str | None = None, *, expired_only: bool = False) -> tuple[int, int]:
+    """An administrator's release: every reservation (of one key; only the
+    expired ones if asked), live or not. A live request settles later
+    without giving anything back twice."""
+    conditions: list[ColumnElement[bool]] = []
+    if key_id is not None:
+        conditions.append(Reservation.key_id == key_id)
+    if expired_only:
+        conditions.append(Reservation.expires_at < utcnow())
+    return await _release_where(session, *conditions)
 
+
+async def list_held(session: AsyncSession, key_id: str | None = None) -> list[dict[str, object]]:
+    query = select(Reservation).order_by(Reservation.created_at)
+    if key_id is not None:
+        query = query.where(Reservation.key_id == key_id)
+    return [
+        {
+            "id": r.id,
+            "request_id": r.request_id,
+            "key_id": r.key_id,
+            "team": r.team,
+            "reserved_usd": usd_str(r.amount_nusd),
+            "owner": r.owner,
+            "created_at": aware(r.created_at).isoformat(),
+            "expires_at": aware(r.expires_at).isoformat(),
+        }
+        for r in (await session.execute(query)).scalars()
+    ]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from imagegate.errors import ServiceUnavailableError
 
 
 def default_url(data_dir: Path) -> str:
@@ -42,6 +46,21 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001 - a sync Connection
     reads and then writes fails at once with "database is locked" in WAL mode
     when another writer committed in between."""
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "BEGIN")
+
+
+@contextlib.contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """A database that cannot be reached, is full or times out is a 503 for
+    the client (with the cause in the log), never a 500. Constraint
+    violations are not outages: they pass through for the caller to handle."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        raise ServiceUnavailableError(
+            "The gateway's database is unavailable; try again shortly.", code="database_unavailable"
+        ) from exc
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -80,12 +99,16 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._lock or contextlib.nullcontext():
-            async with self._write() as session, session.begin():
-                yield session
+        with _unavailable_as_503():
+            async with self._lock or contextlib.nullcontext():
+                async with self._write() as session, session.begin():
+                    yield session
 
-    def read(self) -> AsyncSession:
-        return self._read()
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        with _unavailable_as_503():
+            async with self._read() as session:
+                yield session
 
     async def aclose(self) -> None:
         await self.engine.dispose()
