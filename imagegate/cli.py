@@ -39,12 +39,14 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Start the API server."""
     import uvicorn
 
+    from imagegate.api.accesslog import redact_access_log
     from imagegate.app import create_app
 
     settings = load_or_exit(config_path)
     server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = settings.model_copy(update={"server": server})
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_access_log()  # signed URLs' signatures and ?api_key= values stay out of the access log
     app = create_app(settings)
     url = settings.server.public_url or f"http://{server.host}:{server.port}"
     models = ", ".join(settings.models)

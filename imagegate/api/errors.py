@@ -1,8 +1,9 @@
 """One place that turns every failure into OpenAI's error envelope.
 
 ``ImagegateError`` subclasses carry their own status, code and param; Starlette's
-HTTP errors (unknown route, wrong method) are wrapped; anything else is a 500
-whose details stay in the server log. No stack trace ever reaches a client.
+HTTP errors (unknown route, wrong method) are wrapped; a client that disconnects
+mid-upload is one INFO line; anything else is a 500 whose details stay in the
+server log. No stack trace ever reaches a client.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from imagegate.api.render import JSONBody
 from imagegate.errors import ImagegateError, InvalidRequestError
@@ -58,6 +61,16 @@ def internal_error(method: str, path: str, request_id: str | None, exc: BaseExce
     return JSONBody(err.envelope(), status_code=500)
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # A client that hangs up mid-upload is not a server error: one line, no traceback.
+    # Nobody reads the answer (the server drops it); 499 is nginx's "client closed request".
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    log.info(
+        "client disconnected before its request body was read: %s %s (request %s)", request.method, request.url.path, request_id
+    )
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONBody:
     # Normally RequestIdMiddleware answers these (so the 500 carries x-request-id);
     # this catches what escapes the middleware itself.
@@ -68,4 +81,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImagegateError, _imagegate_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)

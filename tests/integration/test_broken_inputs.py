@@ -57,12 +57,15 @@ def test_variation_with_undecodable_image(client: OpenAI, idat: bytes) -> None:
 
 
 def test_json_edit_with_undecodable_image_url(server) -> None:
-    body = {"model": "test-pattern", "prompt": "x", "images": [{"image_url": data_url(png_with_idat(BROKEN_PNGS["garbage_idat"]))}]}
+    body = {
+        "model": "test-pattern",
+        "prompt": "x",
+        "images": [{"image_url": data_url(png_with_idat(BROKEN_PNGS["garbage_idat"]))}],
+    }
     r = httpx.post(f"{server.base_url}/v1/images/edits", json=body)
     assert r.status_code == 400, r.text
     assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("invalid_image", "images[0]")
     assert r.headers["x-request-id"]
-
 
 
 @pytest.mark.parametrize("size", ["64x64\n", "64x64\r\n", "64x64 ", "\n64x64"])

@@ -53,7 +53,9 @@ def test_a_full_disk_is_a_503_and_leaves_no_partial_file(tmp_path: Path) -> None
     with serve_process(BASE_CONFIG, tmp_path, max_file_bytes=limit) as running, running.sdk() as client:
         images = running.data_dir / "images"
         form = {"model": "test-pattern", "prompt": "x", "response_format": "url"}
-        r = httpx.post(f"{running.base_url}/v1/images/edits", data=form, files={"image": ("n.png", noisy, "image/png")}, timeout=60)
+        r = httpx.post(
+            f"{running.base_url}/v1/images/edits", data=form, files={"image": ("n.png", noisy, "image/png")}, timeout=60
+        )
         assert r.status_code == 503, r.text
         error = r.json()["error"]
         assert (error["type"], error["code"], error["param"]) == ("server_error", "storage_unavailable", None)
@@ -62,7 +64,12 @@ def test_a_full_disk_is_a_503_and_leaves_no_partial_file(tmp_path: Path) -> None
         assert _files(images) == [], "no partial or temporary file is left"
         # What fits is still stored, and b64_json needs no storage at all.
         assert decode_bytes(_hosted(client)).size == (64, 64)
-        r = httpx.post(f"{running.base_url}/v1/images/edits", data={**form, "response_format": "b64_json"}, files={"image": ("n.png", noisy, "image/png")}, timeout=60)
+        r = httpx.post(
+            f"{running.base_url}/v1/images/edits",
+            data={**form, "response_format": "b64_json"},
+            files={"image": ("n.png", noisy, "image/png")},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         log = running.log()
     assert "storage_unavailable" in log and "Traceback" not in log
