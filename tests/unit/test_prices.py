@@ -134,3 +134,24 @@ def test_config_prices() -> None:
 def test_unpriced_model_costs_nothing_and_says_so() -> None:
     cost = actual(None, gen("gpt-image-2"), 1, None, ImageMeta())
     assert cost.nusd == 0 and cost.estimated
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(input_tokens=0, output_tokens=-100_000_000, total_tokens=-100_000_000),
+        Usage(input_tokens=-5, output_tokens=10, total_tokens=5, input_text_tokens=-5, input_image_tokens=-7),
+        Usage(input_tokens=0, output_tokens=0, total_tokens=0, output_image_tokens=-3, output_text_tokens=-9),
+    ],
+)
+def test_a_cost_is_never_negative_whatever_the_usage(usage: Usage) -> None:
+    cost = actual(BUILTIN["gpt-image-1.5"], gen("gpt-image-1.5"), 1, usage, ImageMeta())
+    assert cost.nusd >= 0 and (cost.input_text_tokens or 0) >= 0 and (cost.output_tokens or 0) >= 0
+
+
+def test_worst_case_holds_a_low_request_billed_at_high() -> None:
+    """Asked low, billed high (4160 tokens) with OpenAI's input overhead: still within the reservation."""
+    req = gen("gpt-image-1", quality="low", size="1024x1024", prompt="x")
+    billed = Usage(input_tokens=512, output_tokens=4160, total_tokens=4672, input_text_tokens=1, input_image_tokens=511)
+    assert actual(BUILTIN["gpt-image-1"], req, 1, billed, ImageMeta()).nusd <= worst_case(BUILTIN["gpt-image-1"], req)
+    assert usd_str(worst_case(BUILTIN["gpt-image-1"], req)) == "0.171525"
