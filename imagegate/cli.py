@@ -41,6 +41,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 
     from imagegate.api.accesslog import redact_access_log
     from imagegate.app import create_app
+    from imagegate.server import uvicorn_options
 
     settings = load_or_exit(config_path)
     server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
@@ -58,7 +59,9 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         f'         -d \'{{"model": "{first}", "prompt": "a lighthouse at dusk", "size": "512x512"}}\'\n'
         f'  or:  OpenAI(base_url="{url}/v1", api_key="...").images.generate(model="{first}", prompt="...")'
     )
-    uvicorn.run(app, host=server.host, port=server.port, log_level=settings.server.log_level, access_log=True)
+    uvicorn.run(
+        app, host=server.host, port=server.port, log_level=settings.server.log_level, access_log=True, **uvicorn_options(server)
+    )
 
 
 @main.command("check-config")

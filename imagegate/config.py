@@ -42,7 +42,7 @@ class _Strict(BaseModel):
 
 
 class FetchConfig(_Strict):
-    """Limits for http(s) image URLs given in JSON edit requests."""
+    """Limits for image URLs given in JSON edit requests (``max_mb`` also caps ``data:`` URLs)."""
 
     timeout_seconds: float = Field(15.0, gt=0)
     max_mb: float = Field(50.0, gt=0)
@@ -58,6 +58,13 @@ class ServerConfig(_Strict):
     max_body_mb: float = Field(120.0, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # HTTP protocol limits (imagegate/server.py): request line + headers size,
+    # time to receive them, longest pause inside a body, open connections.
+    max_header_kb: int = Field(64, ge=1, le=1024)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    backlog: int = Field(2048, ge=1)  # connections the kernel queues before they are accepted
     fetch: FetchConfig = FetchConfig()
 
     @field_validator("public_url")

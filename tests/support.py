@@ -28,6 +28,7 @@ from PIL import Image
 
 from imagegate.app import create_app
 from imagegate.config import load_settings
+from imagegate.server import uvicorn_options
 
 SIGNING_KEY = "test-signing-key-0123456789abcdef"
 
@@ -81,7 +82,8 @@ def run_server(config: dict[str, Any], tmp: Path) -> Iterator[Running]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    server_config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", **uvicorn_options(settings.server))
+    server = uvicorn.Server(server_config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
