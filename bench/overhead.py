@@ -9,7 +9,8 @@ PNG as b64_json (bench/fast_upstream.py), and imagegate (the real
 * added p50 latency at concurrency 1;
 * generations with response_format=url (decode, store, answer with a URL);
 * the gateway's peak RSS under that load;
-* the gateway's growth while taking one ~49 MB upload (a fresh process).
+* the gateway's growth while taking one ~49 MB upload (a fresh process), as
+  multipart and as a JSON edit with a ``data:`` URL (a ~65 MB body).
 
     python bench/overhead.py [--seconds 8] [--concurrency 8]
 
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
+import pybase64
 import yaml
 from PIL import Image
 
@@ -233,6 +236,20 @@ def main() -> None:
             )
             assert r.status_code == 200, r.text
             growth = rss_mb(gw2.pid) - before
+        gw3_port = free_port()
+        with start_gateway(gw3_port, upstream, Path(tmp)) as gw3:  # the same image as a JSON data: URL
+            image_url = "data:image/png;base64," + pybase64.b64encode(big_png).decode()
+            json_body = orjson.dumps({"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": image_url}]})
+            del image_url
+            before = rss_mb(gw3.pid, "VmRSS")
+            r = httpx.post(
+                f"http://127.0.0.1:{gw3_port}/v1/images/edits",
+                content=json_body,
+                headers={"content-type": "application/json"},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+            json_growth = rss_mb(gw3.pid) - before
     print()
     head = f"{'req/s':>8} {'req/s':>8} {'ratio':>7}  {'p50 ms':>7} {'p50 ms':>7} {'added':>7}  {'p99 ms':>7} {'p99 ms':>7}"
     print(f"{'':<28} {head}  {'errs':>4}")
@@ -250,6 +267,9 @@ def main() -> None:
     print()
     print(f"gateway peak RSS under generations and edits at c={opts.concurrency}: {peak:.0f} MB (target < 250 MB)")
     print(f"gateway growth for one {big_mb:.0f} MB upload: {growth:.0f} MB = {growth / big_mb:.2f}x its size (target < 3x)")
+    json_mb = len(json_body) / (1024 * 1024)
+    print(f"gateway growth for the same image as a {json_mb:.0f} MB JSON body (data: URL): "
+          f"{json_growth:.0f} MB = {json_growth / json_mb:.2f}x the body")  # fmt: skip
     gen, edit, gen1 = results[0], results[1], results[2]
     print()
     print(f"ratios: generations {gen[2]['rps'] / gen[1]['rps']:.2f} (target >= 0.5), "
