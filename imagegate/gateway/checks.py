@@ -3,7 +3,8 @@
 An upstream is trusted with its images, not with its numbers:
 
 * More images than the request's ``n``: the extra ones are dropped and a
-  WARNING is logged. The client gets, and pays for, the ``n`` it asked for.
+  WARNING is logged. The client gets, and pays for, the ``n`` it asked for
+  (reported output tokens are scaled to the images kept).
   (Rejecting would throw away paid work the client can still use.)
 * Usage: every token count must lie in ``0..MAX_TOKENS``, the details may
   not add up to more than their totals, and a reported total may not be
@@ -17,6 +18,7 @@ a provider returns, and on each streamed completion).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from imagegate.contract.requests import ImageRequest
 from imagegate.errors import UpstreamError
@@ -75,4 +77,23 @@ def checked_result(request: ImageRequest, result: ProviderResult, provider: str)
     if len(result.images) <= request.n:
         return result
     warn_extra_images(request, len(result.images), provider)
-    return ProviderResult(result.images[: request.n], result.usage, result.meta)
+    return ProviderResult(result.images[: request.n], _output_share(result.usage, request.n, len(result.images)), result.meta)
+
+
+def _output_share(usage: Usage | None, kept: int, made: int) -> Usage | None:
+    """Usage with its output scaled to the images kept (rounded up): the
+    client pays for the ``n`` it asked for, never for the extras."""
+    if usage is None:
+        return None
+
+    def share(tokens: int | None) -> int | None:
+        return None if tokens is None else -(-tokens * kept // made)
+
+    output = share(usage.output_tokens) or 0
+    return replace(
+        usage,
+        output_tokens=output,
+        total_tokens=usage.input_tokens + output,
+        output_image_tokens=share(usage.output_image_tokens),
+        output_text_tokens=share(usage.output_text_tokens),
+    )

@@ -212,10 +212,9 @@ class ImageService:
             async for item in items():
                 if isinstance(item, CompletedImage):
                     check_usage(item.usage, provider)
-                if images >= request.n:  # more than asked: not returned, not counted (its usage is)
+                if images >= request.n:  # more than asked: neither returned nor charged
                     if isinstance(item, CompletedImage):
                         extra += 1
-                        usage = _add_usage(usage, item.usage)
                     continue
                 (shaped,) = await shape_images(request, [item.image], max_pixels)  # type: ignore[attr-defined]
                 if isinstance(item, PartialImage):

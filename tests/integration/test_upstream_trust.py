@@ -127,11 +127,26 @@ def test_more_images_than_asked_are_dropped_and_charged_as_asked(
     assert len(warned) == 1
 
 
-def test_a_stream_with_more_completions_than_asked_returns_n(up: OpenAIStandIn, gw: Running) -> None:
+def test_extra_images_of_a_token_priced_model_are_not_charged(up: OpenAIStandIn, gw: Running) -> None:
+    """Usage for 4 images when 1 was asked: the output tokens are shared out, the client pays for 1."""
+    key = new_key(gw, budget_usd=1)
+    four = {**USAGE, "output_tokens": 4 * 1056, "total_tokens": 200 + 4 * 1056,
+            "output_tokens_details": {"image_tokens": 4 * 1056, "text_tokens": 0}}  # fmt: skip
+    up.script.append(Fault("json", body={"created": 1, "data": [{"b64_json": B64}] * 4, "usage": four}))
+    raw = gw.sdk(api_key=key["key"]).images.with_raw_response.generate(model="gpt-image-1", prompt="x", n=1)
+    assert len(raw.parse().data) == 1
+    # One image's worth: 40 text + 160 image input tokens, 1056 output tokens at gpt-image-1's rates.
+    assert raw.headers["x-imagegate-cost-usd"] == "0.044040"
+    assert spend(gw, key) == ("0.044040", "0.000000")
+
+
+def test_a_stream_with_more_completions_than_asked_returns_and_charges_n(up: OpenAIStandIn, gw: Running) -> None:
+    key = new_key(gw, budget_usd=1)
     done = {"type": "image_generation.completed", "b64_json": B64, "usage": USAGE}
     up.script.append(Fault("stream", events=[done, done, done]))
-    events = list(gw.sdk(api_key=MASTER).images.generate(model="gpt-image-1", prompt="x", n=1, stream=True))
+    events = list(gw.sdk(api_key=key["key"]).images.generate(model="gpt-image-1", prompt="x", n=1, stream=True))
     assert [e.type for e in events] == ["image_generation.completed"]
+    assert spend(gw, key) == ("0.044040", "0.000000")  # one completion's usage, not three
 
 
 BAD_USAGE = {
