@@ -72,7 +72,6 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
     return {
         "http": functools.partial(GuardedHttpProtocol, limits=HttpLimits.from_settings(server)),
         "backlog": server.backlog,
-        "ws": "none",  # no WebSocket routes: an upgrade request is an ordinary request
     }
 
 
@@ -198,6 +197,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
     # -- timers ---------------------------------------------------------------
 
     def _arm(self, delay: float, callback: Any) -> None:
@@ -224,7 +227,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         now = self.loop.time()
-        if self.flow.read_paused or self.cycle.waiting_for_100_continue:  # the app is not reading yet
+        if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):  # app not reading
             self._body_at = now
         idle = now - self._body_at
         if idle < self.limits.body_timeout:

@@ -110,6 +110,24 @@ def test_slowloris_connections_are_cut_after_the_header_timeout(gateway: ServerP
     _healthy(gateway)
 
 
+def test_a_kept_alive_connection_gets_the_same_head_deadline(gateway: ServerProcess) -> None:
+    """After a first request is served, a second head that never completes
+    is cut off the same way (its deadline starts with its first byte)."""
+    sock = _connect(gateway)
+    with sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}") and (chunk := sock.recv(65536)):  # /healthz answers a JSON object
+            first += chunk
+        assert _status(first) == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        second = _read_all(sock)
+        waited = time.monotonic() - started
+    assert _status(second) == 408
+    assert waited >= HEADER_TIMEOUT * 0.9
+
+
 def test_an_oversized_header_gets_431_and_the_server_goes_on(gateway: ServerProcess) -> None:
     sock = _connect(gateway)
     with sock:
