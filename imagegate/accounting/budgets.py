@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, Table, Update, bindparam, case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db.models import ApiKey, Team
@@ -68,24 +68,57 @@ async def _reserve_row(session: AsyncSession, table, ident: object, amount: int)
     return result.rowcount == 1
 
 
-async def reserve(session: AsyncSession, key: ApiKey, amount: int, now: datetime) -> tuple[str | None, str | None]:
+def _reserve_key_statement() -> Update:
+    """Start a new period if one began, and reserve: one conditional UPDATE,
+    built once (building SQL expressions costs more than running them)."""
+    keys = ApiKey.__table__.c
+    start = bindparam("start", type_=keys.period_start.type)
+    amount = bindparam("amount", type_=BigInteger())
+    stale = keys.period_start < start
+    spent = case((stale, 0), else_=keys.spent_nusd)
+    return (
+        update(ApiKey.__table__)
+        .where(keys.id == bindparam("key_id"), keys.budget_period == bindparam("period"))
+        .where(keys.budget_nusd.is_(None) | (spent + keys.reserved_nusd + amount <= keys.budget_nusd))
+        .values(
+            spent_nusd=spent,
+            period_start=case((stale, start), else_=keys.period_start),
+            reserved_nusd=keys.reserved_nusd + amount,
+        )  # fmt: skip
+    )
+
+
+_RESERVE_KEY = _reserve_key_statement()
+
+
+async def _reserve_key(session: AsyncSession, key_id: str, period: str, amount: int, now: datetime) -> bool:
+    params = {"key_id": key_id, "period": period, "amount": amount, "start": period_start(period, now)}
+    return (await session.execute(_RESERVE_KEY, params)).rowcount == 1
+
+
+async def reserve(
+    session: AsyncSession, key_id: str, period: str, team: str | None, amount: int, now: datetime
+) -> tuple[str | None, str | None]:
     """Reserve ``amount`` on the key and its team, in the caller's transaction.
+    ``period`` and ``team`` are the key's as the caller last read them.
     Returns (refused, team): refused is None when admitted, else which budget
     refused ("key" or "team"); team is the team that holds the amount too."""
-    await _roll(session, ApiKey, key.id, key.budget_period, now)
-    if not await _reserve_row(session, ApiKey, key.id, amount):
-        return "key", None
-    if key.team is not None:
-        team = await session.get(Team, key.team)
-        if team is not None:
-            await _roll(session, Team, team.name, team.budget_period, now)
-            if not await _reserve_row(session, Team, team.name, amount):
+    if not await _reserve_key(session, key_id, period, amount, now):
+        key = await session.get(ApiKey, key_id)  # refused, or its period or team changed since it was read
+        if key is None or key.budget_period == period or not await _reserve_key(session, key_id, key.budget_period, amount, now):
+            return "key", None
+        team = key.team
+    if team is not None:
+        row = await session.get(Team, team)
+        if row is not None:
+            await _roll(session, Team, row.name, row.budget_period, now)
+            if not await _reserve_row(session, Team, row.name, amount):
                 return "team", None
-            return None, team.name
+            return None, row.name
     return None, None
 
 
-async def release(session: AsyncSession, key_id: str, team: str | None, amount: int) -> None:
+async def release(session: AsyncSession, key_id: str | None, team: str | None, amount: int) -> None:
     """Give back a reservation held on the key (and the team that holds it too)."""
     for table, ident in ((ApiKey, key_id), (Team, team)):
         if ident is not None and amount:
@@ -97,13 +130,29 @@ async def release(session: AsyncSession, key_id: str, team: str | None, amount: 
             )
 
 
-async def charge(session: AsyncSession, key_id: str, team: str | None, amount: int) -> None:
-    """Add a real cost to the key's and its team's spending."""
+def _settle_statement(table: Table) -> Update:
+    pk = table.c.id if "id" in table.c else table.c.name
+    return (
+        update(table)
+        .where(pk == bindparam("ident"))
+        .values(
+            reserved_nusd=table.c.reserved_nusd - bindparam("give_back", type_=BigInteger()),
+            spent_nusd=table.c.spent_nusd + bindparam("charge", type_=BigInteger()),
+        )
+    )
+
+
+_SETTLE = {ApiKey: _settle_statement(ApiKey.__table__), Team: _settle_statement(Team.__table__)}
+
+
+async def settle(
+    session: AsyncSession, key_id: str, team: str | None, released: int, released_team: str | None, charge: int
+) -> None:
+    """Give back ``released`` (held on the key and on ``released_team``) and
+    add ``charge`` to the key's and ``team``'s spending: one UPDATE each."""
     for table, ident in ((ApiKey, key_id), (Team, team)):
-        if ident is not None and amount:
-            await session.execute(
-                update(table)
-                .where(_pk(table) == ident)
-                .values(spent_nusd=table.spent_nusd + amount)
-                .execution_options(synchronize_session=False)
-            )
+        give_back = released if (table is ApiKey or ident == released_team) else 0
+        if ident is not None and (give_back or charge):
+            await session.execute(_SETTLE[table], {"ident": ident, "give_back": give_back, "charge": charge})
+    if released_team is not None and released_team != team and released:
+        await release(session, None, released_team, released)

@@ -25,19 +25,25 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import ColumnElement, bindparam, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting import budgets
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.owner import is_gone, this_process
 from imagegate.db.engine import Database
-from imagegate.db.models import ApiKey, Reservation, aware, utcnow
+from imagegate.db.models import Reservation, aware, utcnow
 
 log = logging.getLogger("imagegate.accounting")
 
 # Beyond the request's deadline: time for its settlement to be written.
 EXPIRY_MARGIN_SECONDS = 30.0
+
+
+# Hot-path statements, built once (building SQL costs more than running it).
+_TABLE = Reservation.__table__
+_INSERT = insert(_TABLE)
+_TAKE = delete(_TABLE).where(_TABLE.c.id == bindparam("rid")).returning(_TABLE.c.team, _TABLE.c.amount_nusd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,45 +53,47 @@ class Held:
 
 
 async def hold(
-    session: AsyncSession, key: ApiKey, amount: int, request_id: str, lifetime_seconds: float, now: datetime
+    session: AsyncSession,
+    key: tuple[str, str, str | None],
+    amount: int,
+    request_id: str,
+    lifetime_seconds: float,
+    now: datetime,
 ) -> tuple[str | None, Held]:
-    """Reserve ``amount`` for a request, in the caller's transaction. Returns
-    (refused, held): refused names the budget that said no ("key"/"team")."""
-    refused, team = await budgets.reserve(session, key, amount, now)
+    """Reserve ``amount`` for a request on ``key`` (its id, budget period and
+    team as last read), in the caller's transaction. Returns (refused, held):
+    refused names the budget that said no ("key"/"team")."""
+    key_id, period, team = key
+    refused, held_team = await budgets.reserve(session, key_id, period, team, amount, now)
     if refused is not None:
         return refused, Held(None, 0)
     rid = f"rsv_{secrets.token_hex(12)}"
-    session.add(
-        Reservation(
-            id=rid,
-            request_id=request_id[:128],
-            key_id=key.id,
-            team=team,
-            amount_nusd=amount,
-            owner=this_process(),
-            created_at=now,
-            expires_at=now + timedelta(seconds=lifetime_seconds + EXPIRY_MARGIN_SECONDS),
-        )
+    await session.execute(
+        _INSERT,
+        {
+            "id": rid,
+            "request_id": request_id[:128],
+            "key_id": key_id,
+            "team": held_team,
+            "amount_nusd": amount,
+            "owner": this_process(),
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=lifetime_seconds + EXPIRY_MARGIN_SECONDS),
+        },
     )
     return None, Held(rid, amount)
 
 
-async def take(session: AsyncSession, reservation_id: str) -> Held | None:
-    """Delete one reservation's row and give its amount back, in the caller's
-    transaction; None when it was already released (by a sweep or an admin)."""
-    row = (
-        await session.execute(
-            delete(Reservation)
-            .where(Reservation.id == reservation_id)
-            .returning(Reservation.key_id, Reservation.team, Reservation.amount_nusd)
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
-    if row is None:
-        return None
-    key_id, team, amount = row
-    await budgets.release(session, key_id, team, amount)
-    return Held(reservation_id, amount)
+async def settle(session: AsyncSession, reservation_id: str | None, key_id: str, team: str | None, charge: int) -> bool:
+    """End a request, in the caller's transaction: delete its reservation row
+    and give the amount back (only if no sweep or admin did already), and
+    charge the real cost to the key and ``team``. True when it gave back."""
+    row = None
+    if reservation_id is not None:
+        row = (await session.execute(_TAKE, {"rid": reservation_id})).first()
+    released_team, released = (row[0], row[1]) if row is not None else (None, 0)
+    await budgets.settle(session, key_id, team, released, released_team, charge)
+    return row is not None
 
 
 async def _release_where(session: AsyncSession, *conditions: ColumnElement[bool]) -> tuple[int, int]:

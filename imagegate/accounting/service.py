@@ -22,8 +22,10 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
@@ -65,6 +67,10 @@ class Caller:
     # Who this is, for scoping what callers must not share (idempotency
     # keys): "key:<id>", "static:<digest prefix>", "master" or "anonymous".
     identity: str = "anonymous"
+    # A database key's budget period, and whether a budget may apply to it
+    # (its own, or its team's): only then is a reservation held.
+    budget_period: str = "total"
+    budgeted: bool = False
 
     def may_use(self, model: str) -> bool:
         """Whether the key's allowed models (None: all) include ``model``."""
@@ -73,6 +79,7 @@ class Caller:
 
 ANONYMOUS = Caller("anonymous")
 _NO_DEPLOYMENT = Deployment(provider="", model="")
+_INSERT_USAGE = insert(UsageRecord.__table__)  # built once: the hot path
 # Retries of a settlement the database refused, before it is journaled.
 SETTLE_RETRY_DELAYS = (0.1, 0.5, 1.5)
 
@@ -124,6 +131,7 @@ class Accounting:
         self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
         self.usage_writer = UsageWriter(self.db)
         self.journal = SettlementJournal(settings.server.data_dir / "pending-settlements.jsonl")
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
@@ -140,6 +148,8 @@ class Accounting:
         await self.usage_writer.flush()
 
     async def aclose(self) -> None:
+        if self._tasks:  # settlements of requests whose clients hung up
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.usage_writer.aclose()
         await self.limiter.aclose()
         await self.db.aclose()
@@ -181,6 +191,8 @@ class Accounting:
             ipm=key.ipm,
             virtual_key=virtual_key,
             identity=f"key:{key.id}",
+            budget_period=key.budget_period,
+            budgeted=key.budget_nusd is not None or key.team is not None,
         )
 
     # -- prices -------------------------------------------------------------------
@@ -226,20 +238,45 @@ class Accounting:
         if not caller.may_use(request.model):
             raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
         admission = Admission(caller, request, candidates[0][1], request_id, 0)
-        if caller.kind != "key" or caller.key_id is None:
-            return admission
+        if caller.kind != "key" or caller.key_id is None or not caller.budgeted:
+            return admission  # no budget to hold anything against: settlement just charges
         wanted = max(worst_case(self._price_of(r, d), r) for r, d in candidates)
+        # The reservation is written in a task of its own: a client that hangs
+        # up while it commits cancels the request, not the write, and the
+        # reservation is then given back as soon as the write has ended.
+        write = asyncio.ensure_future(self._reserve(caller, wanted, request_id, lifetime_seconds))
         try:
-            async with self.db.transaction() as session:
-                key = await keys.get_key(session, caller.key_id)
-                refused, held = await reservations.hold(session, key, wanted, request_id, lifetime_seconds, utcnow())
-                if refused is not None:
-                    raise _Refused(refused, key.budget_period)  # rolls the key's and team's reservations back
+            held = await asyncio.shield(write)
         except _Refused as no:
             await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
             raise self._over_budget(no.which, no.period, admission.caller, wanted) from None
+        except asyncio.CancelledError:
+            self._background(self._undo(write, admission))
+            raise
         admission.reserved, admission.reservation_id = held.amount, held.id
         return admission
+
+    async def _reserve(self, caller: Caller, wanted: int, request_id: str, lifetime_seconds: float) -> reservations.Held:
+        assert caller.key_id is not None
+        key = (caller.key_id, caller.budget_period, caller.team)
+        async with self.db.transaction() as session:
+            refused, held = await reservations.hold(session, key, wanted, request_id, lifetime_seconds, utcnow())
+            if refused is not None:
+                raise _Refused(refused, caller.budget_period)  # rolls the key's and team's reservations back
+        return held
+
+    async def _undo(self, write: asyncio.Future[reservations.Held], admission: Admission) -> None:
+        try:
+            held = await write
+        except Exception:
+            return  # nothing was reserved
+        admission.reserved, admission.reservation_id = held.amount, held.id
+        await self.settle(admission, Outcome(status=499, error_code="client_closed_request"))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # a reference, so that it is not collected mid-way
+        task.add_done_callback(self._tasks.discard)
 
     def _over_budget(self, which: str, period: str, caller: Caller, wanted: int) -> RateLimitError:
         nxt = budgets.next_period(period, utcnow()) if which == "key" else None
@@ -325,10 +362,8 @@ class Accounting:
         """One settlement, in one transaction: give back the reservation (if
         no sweep did already), charge, write the usage row."""
         async with self.db.transaction() as session:
-            if entry["reservation_id"] is not None:
-                await reservations.take(session, entry["reservation_id"])
-            await budgets.charge(session, entry["key_id"], entry["team"], entry["charge"])
-            await session.execute(insert(UsageRecord), [{**entry["row"], "settlement_id": entry["settlement_id"]}])
+            await reservations.settle(session, entry["reservation_id"], entry["key_id"], entry["team"], entry["charge"])
+            await session.execute(_INSERT_USAGE, {**entry["row"], "settlement_id": entry["settlement_id"]})
 
     async def _apply_journaled(self, entry: dict) -> None:
         row = {**entry["row"], "created_at": datetime.fromisoformat(entry["row"]["created_at"])}

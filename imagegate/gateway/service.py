@@ -161,7 +161,8 @@ class ImageService:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
         admission.serve(req, served.slot.deployment)
-        cost = await self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta))
+        # Shielded: a client hanging up now must not cut the charge of work already done.
+        cost = await asyncio.shield(self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta)))
         return self._response(req, result, shaped, list(data)), cost, served
 
     async def open_stream(
@@ -233,7 +234,7 @@ class ImageService:
                 await served.lease.__aexit__(None, None, None)
         if extra:
             warn_extra_images(request, images + extra, provider)
-        await self.accounting.settle(admission, Outcome(images, usage, meta))
+        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta)))
 
     def _event(
         self,

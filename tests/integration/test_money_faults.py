@@ -70,7 +70,7 @@ def answer_with_usage(output_tokens: int, size: int = 64) -> Fault:
     return Fault("json", body=body)
 
 
-def wait_until(check: Any, seconds: float = 15, what: str = "condition") -> None:
+def wait_until(check: Any, seconds: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + seconds
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -259,3 +259,28 @@ def test_settlement_that_cannot_be_journaled_is_a_503(upstream: OpenAIStandIn, m
         # releases it; an administrator can release it now.
         assert admin(gw.base_url, "POST", "/admin/reservations/release", json={"key": key["id"]}).json()["released"] == 1
         assert state(gw.base_url, key["id"]) == (0, 0)
+
+
+def test_clients_hanging_up_at_any_moment_leave_nothing_reserved(upstream: OpenAIStandIn, make_server: Any) -> None:
+    """Hang-ups land before, during and after the reservation's commit, the
+    upstream call and the settlement: every reservation is given back, and
+    what was charged is what the usage records say."""
+    gw: Running = make_server(config(upstream.base_url))
+    key = new_key(gw.base_url, budget_usd=100)
+
+    async def hang_up(delay: float) -> None:
+        async with httpx.AsyncClient(timeout=delay) as http:
+            try:
+                await http.post(f"{gw.base_url}/v1/images/generations", headers={"Authorization": f"Bearer {key['key']}"},
+                                json={"model": "gpt-image-1", "prompt": "x", "size": "1024x1024"})  # fmt: skip
+            except httpx.TimeoutException:
+                pass
+
+    async def run() -> None:
+        for round_ in range(3):
+            await asyncio.gather(*(hang_up(0.001 * (i + 1) + 0.0003 * round_) for i in range(60)))
+
+    asyncio.run(run())
+    wait_until(lambda: state(gw.base_url, key["id"])[1] == 0, seconds=30, what="every reservation given back")
+    rows = admin(gw.base_url, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
+    assert state(gw.base_url, key["id"]) == (sum(Decimal(r["cost_usd"]) for r in rows), 0)
