@@ -207,23 +207,29 @@ def test_a_bill_above_its_reservation_is_charged_and_blocks_the_key(
 # -- 4. the database fails while settling --------------------------------------
 
 
+def _settle_while_the_database_is_down(upstream: OpenAIStandIn, gw: Running, pg: Any, key: dict[str, Any]) -> httpx.Response:
+    """A request whose upstream answers after PostgreSQL has been stopped."""
+    upstream.script.append(Fault("slow", seconds=2.0))
+    done: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: done.append(generate(gw.base_url, key["key"])), daemon=True)
+    t.start()
+    wait_until(lambda: len(upstream.received) == 1, what="the request upstream")
+    pg.stop()
+    t.join(timeout=60)
+    return done[0]
+
+
 def test_database_down_while_settling_journals_and_replays(upstream: OpenAIStandIn, make_server: Any) -> None:
     from pg import postgres_instance
 
     with postgres_instance() as pg:
         gw: Running = make_server(config(upstream.base_url, database={"url": pg.url}))
         key = new_key(gw.base_url, budget_usd=1)
-        upstream.script.append(Fault("slow", seconds=2.0))
-        done: list[httpx.Response] = []
-        t = threading.Thread(target=lambda: done.append(generate(gw.base_url, key["key"])), daemon=True)
-        t.start()
-        wait_until(lambda: len(upstream.received) == 1, what="the request upstream")
-        pg.stop()
-        t.join(timeout=60)
+        answer = _settle_while_the_database_is_down(upstream, gw, pg, key)
         # The image was made and billed upstream: the client gets it, the charge waits in the journal.
-        assert done[0].status_code == 200, done[0].text
-        assert decode_b64(done[0].json()["data"][0]["b64_json"]).format == "PNG"
-        cost = Decimal(done[0].headers["x-imagegate-cost-usd"])
+        assert answer.status_code == 200, answer.text
+        assert decode_b64(answer.json()["data"][0]["b64_json"]).format == "PNG"
+        cost = Decimal(answer.headers["x-imagegate-cost-usd"])
         journal = gw.data_dir / "pending-settlements.jsonl"
         assert journal.stat().st_size > 0
         # While the database is down, new requests get a clear 503, not a 500.
@@ -233,8 +239,8 @@ def test_database_down_while_settling_journals_and_replays(upstream: OpenAIStand
         pg.start()
         wait_until(lambda: journal.stat().st_size == 0, seconds=30, what="the journal replayed")
         assert state(gw.base_url, key["id"]) == (cost, 0)
-        rows = admin(gw.base_url, "GET", "/admin/usage", params={"key": key["id"], "format": "json"})
-        assert rows.status_code == 200
+        (row,) = admin(gw.base_url, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
+        assert (row["requests"], Decimal(row["cost_usd"])) == (1, cost)  # one usage row, charged once
 
 
 def test_settlement_that_cannot_be_journaled_is_a_503(upstream: OpenAIStandIn, make_server: Any) -> None:
@@ -244,16 +250,10 @@ def test_settlement_that_cannot_be_journaled_is_a_503(upstream: OpenAIStandIn, m
         gw: Running = make_server(config(upstream.base_url, database={"url": pg.url}))
         key = new_key(gw.base_url, budget_usd=1)
         (gw.data_dir / "pending-settlements.jsonl").mkdir()  # the journal cannot be written
-        upstream.script.append(Fault("slow", seconds=2.0))
-        done: list[httpx.Response] = []
-        t = threading.Thread(target=lambda: done.append(generate(gw.base_url, key["key"])), daemon=True)
-        t.start()
-        wait_until(lambda: len(upstream.received) == 1, what="the request upstream")
-        pg.stop()
-        t.join(timeout=60)
-        assert done[0].status_code == 503
-        assert done[0].json()["error"]["code"] == "accounting_unavailable"
-        assert "x-request-id" in done[0].headers
+        answer = _settle_while_the_database_is_down(upstream, gw, pg, key)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "accounting_unavailable"
+        assert "x-request-id" in answer.headers
         pg.start()
         # The reservation is not left behind: it expires with the request's deadline, or a restart
         # releases it; an administrator can release it now.
