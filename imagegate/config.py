@@ -50,6 +50,39 @@ class FetchConfig(_Strict):
     allow_private_networks: bool = False
 
 
+class CorsConfig(_Strict):
+    """Cross-origin requests from browsers (Starlette's CORSMiddleware); off
+    while ``allow_origins`` is empty."""
+
+    allow_origins: list[str] = []  # e.g. ["https://app.example.com"]; ["*"]: any site
+    allow_origin_regex: str | None = None
+    allow_methods: list[str] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    allow_headers: list[str] = ["*"]  # what a preflight may ask for; "*": whatever it asks
+    expose_headers: list[str] = [
+        "x-request-id",
+        "x-imagegate-cost-usd",
+        "x-imagegate-cost-reserved-usd",
+        "x-imagegate-model",
+        "x-imagegate-provider",
+        "x-imagegate-attempts",
+        "x-imagegate-idempotent-replay",
+        "x-imagegate-resized",
+        "retry-after",
+    ]
+    allow_credentials: bool = False  # cookies / HTTP auth; API keys travel in headers and need no credentials
+    max_age: int = Field(600, ge=0)  # seconds a browser may cache a preflight answer
+
+    @model_validator(mode="after")
+    def _no_wildcard_credentials(self) -> CorsConfig:
+        if self.allow_credentials and ("*" in self.allow_origins or self.allow_origin_regex):
+            raise ValueError("allow_credentials needs explicit allow_origins (not '*' or a regex)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow_origins or self.allow_origin_regex)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -66,6 +99,7 @@ class ServerConfig(_Strict):
     max_connections: int = Field(1000, ge=1)
     backlog: int = Field(2048, ge=1)  # connections the kernel queues before they are accepted
     fetch: FetchConfig = FetchConfig()
+    cors: CorsConfig = CorsConfig()
 
     @field_validator("public_url")
     @classmethod
@@ -175,6 +209,9 @@ class StorageConfig(_Strict):
     url_ttl_seconds: int = Field(3600, gt=0)
     signing_key: SecretStr | None = None  # default: generated once in data_dir
     sweep_interval_seconds: float = Field(60.0, gt=0)
+    # Cap on the hosted images (GB, decimal); over it the oldest are deleted
+    # first, before their URLs expire (those answer 410). null: no cap.
+    max_gb: float | None = Field(10.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -280,6 +317,10 @@ class Settings(_Strict):
         from imagegate.db.engine import default_url
 
         return self.database.url or default_url(self.server.data_dir)
+
+    @property
+    def storage_max_bytes(self) -> int | None:
+        return None if self.storage.max_gb is None else int(self.storage.max_gb * 1e9)
 
     @property
     def storage_path(self) -> Path:

@@ -233,6 +233,24 @@ async def providers(service: ServiceDep, _: AdminDep) -> JSONBody:
     return JSONBody({name: {"type": p.type_name, **p.describe()} for name, p in service.providers.items()})
 
 
+@router.get("/storage", response_model=None)
+async def storage(service: ServiceDep, _: AdminDep) -> JSONBody:
+    """The hosted images: bytes and files stored now, the cap (``storage.max_gb``),
+    and how many were deleted early to stay under it since the start."""
+    usage = await service.storage.usage()
+    cap = usage.max_bytes if usage else service.settings.storage_max_bytes
+    return JSONBody(
+        {
+            "bytes": usage.bytes if usage else None,
+            "files": usage.files if usage else None,
+            "max_bytes": cap,
+            "used_fraction": round(usage.bytes / cap, 4) if usage and cap else None,
+            "evicted": usage.evicted if usage else None,
+            "url_ttl_seconds": service.settings.storage.url_ttl_seconds,
+        }
+    )
+
+
 @router.put("/virtual-keys/{name}", response_model=None)
 async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _: AdminDep) -> JSONBody:
     if body.provider not in service.providers:

@@ -104,7 +104,7 @@ class ImageService:
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageService:
         root = settings.storage_path
-        storage = LocalStorage(root)
+        storage = LocalStorage(root, max_bytes=settings.storage_max_bytes)
         secret = settings.storage.signing_key
         key = secret.get_secret_value().encode() if secret else load_or_create_key(settings.server.data_dir / "signing.key")
         return cls(settings, storage, URLSigner(key, settings.storage.url_ttl_seconds), Accounting(settings))

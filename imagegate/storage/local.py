@@ -7,6 +7,12 @@ file. The file's mtime is its creation time, which ``sweep`` uses.
 Directories are made as needed, so a root deleted under a running server
 comes back with the next write. A failed write (disk full, no permission)
 removes its temporary file and raises 503 ``storage_unavailable``.
+
+With ``max_bytes`` the store keeps a running total (one scan of the
+directory at the first write, then the size of each write) and, when a write
+takes it over the cap, scans again and deletes the oldest files (by mtime)
+down to ``TRIM_TO`` of the cap. Each sweep recounts exactly and trims too,
+so the total stays right when several processes share the directory.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import re
 from pathlib import Path
 
 from imagegate.errors import ServiceUnavailableError
-from imagegate.storage.base import Storage, StoredObject, content_type_for, new_key
+from imagegate.storage.base import Storage, StoredObject, StorageUsage, content_type_for, new_key, oldest_first
 
 log = logging.getLogger("imagegate.storage")
 
@@ -27,9 +33,13 @@ _KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)")  # fullmatch: "<k
 
 
 class LocalStorage(Storage):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._total: int | None = None  # bytes stored, as last counted plus writes since; None: not counted yet
+        self._evicted = 0
+        self._scanning = asyncio.Lock()  # one scan-and-delete pass at a time
 
     def _path(self, key: str) -> Path | None:
         if not _KEY_RE.fullmatch(key):
@@ -54,6 +64,14 @@ class LocalStorage(Storage):
     async def put(self, data: bytes, ext: str) -> str:
         key = new_key(ext)
         await asyncio.to_thread(self._write, key, data)
+        if self.max_bytes is not None:
+            if self._total is not None:
+                self._total += len(data)
+            if self._total is None or self._total > self.max_bytes:
+                try:
+                    await self._pass(None, keep=key)
+                except OSError as exc:  # the image is stored; the next sweep tries again
+                    log.warning("trimming the image store to storage.max_gb failed: %s", exc)
         return key
 
     def _read(self, key: str) -> StoredObject | None:
@@ -87,8 +105,10 @@ class LocalStorage(Storage):
     async def touch(self, key: str) -> bool:
         return await asyncio.to_thread(self._touch, key)
 
-    def _sweep(self, older_than: float) -> int:
-        removed = 0
+    def _scan(self, older_than: float | None) -> tuple[int, list[tuple[float, int, str]]]:
+        """Delete what is older than ``older_than`` (stray temporary files
+        included); return how many, and (mtime, size, key) of what is left."""
+        removed, kept = 0, []
         self.root.mkdir(parents=True, exist_ok=True)
         for shard in os.scandir(self.root):
             if not shard.is_dir():
@@ -99,15 +119,58 @@ class LocalStorage(Storage):
                 continue
             for entry in entries:
                 try:
-                    if entry.stat().st_mtime < older_than:
+                    stat = entry.stat()
+                    if older_than is not None and stat.st_mtime < older_than:
                         os.unlink(entry.path)
                         removed += 1
+                    elif _KEY_RE.fullmatch(entry.name):
+                        kept.append((stat.st_mtime, stat.st_size, entry.name))
                 except FileNotFoundError:
                     continue
-        return removed
+        return removed, kept
+
+    def _sweep(self, older_than: float | None, keep: str | None) -> tuple[int, int, int]:
+        """One pass: expired files, then the oldest while over the cap.
+        Returns (expired, evicted, bytes left)."""
+        expired, entries = self._scan(older_than)
+        total = sum(size for _, size, _ in entries)
+        doomed = set(oldest_first(entries, total, self.max_bytes, keep))
+        evicted = 0
+        for mtime, size, key in entries:
+            if key in doomed:
+                path = self._path(key)
+                try:
+                    if path is not None and path.stat().st_mtime == mtime:  # not touched since the scan
+                        path.unlink()
+                        evicted += 1
+                        total -= size
+                except FileNotFoundError:
+                    total -= size
+        return expired, evicted, total
+
+    async def _pass(self, older_than: float | None, keep: str | None = None) -> int:
+        """Sweep (``older_than`` given) or trim; return how many files went."""
+        async with self._scanning:
+            if older_than is None and self._total is not None and self._total <= (self.max_bytes or 0):
+                return 0  # another pass made room meanwhile
+            expired, evicted, total = await asyncio.to_thread(self._sweep, older_than, keep)
+            self._total = total
+            if evicted:
+                self._evicted += evicted
+                log.info(
+                    "image store over storage.max_gb (%.3f GB): deleted the %d oldest image(s), %.3f GB left",
+                    (self.max_bytes or 0) / 1e9, evicted, total / 1e9,
+                )  # fmt: skip
+            return expired + evicted
 
     async def sweep(self, older_than: float) -> int:
-        return await asyncio.to_thread(self._sweep, older_than)
+        return await self._pass(older_than)
+
+    async def usage(self) -> StorageUsage:
+        async with self._scanning:
+            _, entries = await asyncio.to_thread(self._scan, None)
+        self._total = sum(size for _, size, _ in entries)
+        return StorageUsage(self._total, len(entries), self.max_bytes, self._evicted)
 
     def _writable(self) -> bool:
         probe = self.root / ".ready"
