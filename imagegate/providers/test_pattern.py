@@ -3,14 +3,18 @@
 It exists so client applications can be developed and tested without cost or
 network. It renders a real image of the asked size and format: a
 seed-dependent pattern with the prompt and the request's settings written on
-it; transparent background when asked; edits repaint the masked area of the
-first input image (or tint the whole image without a mask); variations
-recolour the input. The same request and seed always give the same pixels.
+it (as resolved: the size rendered, the quality the answer reports) in a band
+across the top; transparent background when asked; edits repaint the masked
+area of the first input image (or tint the whole image without a mask);
+variations recolour the input. An edit or variation of a test pattern
+repaints the input's caption band, so two captions never mix. The same
+request and seed always give the same pixels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import textwrap
 import zlib
@@ -90,21 +94,54 @@ def _pattern(size: tuple[int, int], seed: int, transparent: bool, style: str | N
     return img
 
 
-def _caption(img: Image.Image, lines: list[str]) -> None:
-    """Write the prompt and settings in a readable box at the top left."""
-    w, h = img.size
+CAPTION_LINES = 4  # the band always has room for this many lines, whatever the text
+
+
+def caption_geometry(size: tuple[int, int]) -> tuple[int, int, int]:
+    """``(font size, padding, band height)`` of the caption band of an image
+    of ``size``: a function of the size alone, so that a later render can
+    repaint exactly the band an earlier one drew."""
+    w, h = size
     font_size = max(8, min(w, h) // 24)
+    pad = font_size // 2
+    return font_size, pad, min(h, CAPTION_LINES * (font_size + 4) + 2 * pad)
+
+
+def inherited_band(source: tuple[int, int], size: tuple[int, int]) -> int:
+    """Rows at the top of a ``size`` image made by ``ImageOps.fit`` from a
+    ``source``-sized test pattern that its caption band may still cover."""
+    (sw, sh), (w, h) = source, size
+    band = caption_geometry(source)[2]
+    if sw * h >= sh * w:  # the source is wider: its sides are cropped, its top stays
+        scale, top = h / sh, 0.0
+    else:  # taller: the rows kept are centred
+        scale, top = w / sw, (sh - sw * h / w) / 2
+    if band <= top:
+        return 0
+    # and the few rows resampling smears the band's edge over
+    return math.ceil((band - top) * scale + 3 * max(1.0, scale))
+
+
+def _caption(img: Image.Image, lines: list[str], cover: int = 0) -> None:
+    """Write the prompt and settings in a readable band across the top.
+
+    The band is repainted in full (and down to ``cover`` rows, where an input
+    image's own caption lay), so an edit of a test pattern never shows two
+    captions mixed."""
+    w, h = img.size
+    font_size, pad, band = caption_geometry(img.size)
     font = _font(font_size)
     draw = ImageDraw.Draw(img)
-    wrapped: list[str] = []
-    for line in lines:
-        wrapped.extend(textwrap.wrap(line, width=max(10, int(w / (font_size * 0.6)))) or [""])
-    wrapped = wrapped[: max(1, (h // (font_size + 4)) - 1)]
-    pad = font_size // 2
-    box_h = len(wrapped) * (font_size + 4) + 2 * pad
-    draw.rectangle((0, 0, w, min(h, box_h)), fill=(255, 255, 255, 200) if img.mode == "RGBA" else (255, 255, 255))
-    for i, line in enumerate(wrapped):
-        draw.text((pad, pad + i * (font_size + 4)), line, fill=(0, 0, 0, 255) if img.mode == "RGBA" else (0, 0, 0), font=font)
+    width = max(10, int(w / (font_size * 0.6)))
+    settings = textwrap.wrap(lines[-1], width=width)[: CAPTION_LINES - 1]
+    room = max(1, min(CAPTION_LINES - len(settings), (h - 2 * pad) // (font_size + 4) - len(settings)))
+    prompt = textwrap.wrap(lines[0], width=width) or [""]
+    if len(prompt) > room:
+        prompt = [*prompt[: room - 1], textwrap.shorten(" ".join(prompt[room - 1 :]), width=width, placeholder=" …")]
+    draw.rectangle((0, 0, w, min(h, max(band, cover))), fill=(255, 255, 255, 200) if img.mode == "RGBA" else (255, 255, 255))
+    ink = (0, 0, 0, 255) if img.mode == "RGBA" else (0, 0, 0)
+    for i, line in enumerate([*prompt, *settings]):
+        draw.text((pad, pad + i * (font_size + 4)), line, fill=ink, font=font)
 
 
 class TestPatternProvider(Provider):
@@ -138,8 +175,11 @@ class TestPatternProvider(Provider):
             return fmt, request.output_compression is not None
         return self.options.formats[0], False
 
-    def _lines(self, request: ImageRequest, seed: int) -> list[str]:
-        settings = f"TEST PATTERN · {request.model} · {request.endpoint} · {request.size} · q={request.quality} · seed={seed}"
+    def _lines(self, request: ImageRequest, seed: int, size: tuple[int, int]) -> list[str]:
+        """The prompt, and the settings as resolved: the size rendered and the
+        quality the answer reports (never "auto")."""
+        quality = self._meta(request).quality
+        settings = f"TEST PATTERN · {request.model} · {request.endpoint} · {size[0]}x{size[1]} · q={quality} · seed={seed}"
         return [request.prompt or "(no prompt)", settings]
 
     def _input(self, request: ImageRequest, index: int = 0) -> Image.Image:
@@ -151,6 +191,7 @@ class TestPatternProvider(Provider):
         transparent = request.background == "transparent"
         style = getattr(request.params, "style", None)
         pattern = _pattern(size, seed, transparent, style)
+        cover = 0  # an input's own caption band, as it lands in this image
         if request.endpoint == GENERATIONS:
             img = pattern
         elif request.endpoint == EDITS:
@@ -159,7 +200,10 @@ class TestPatternProvider(Provider):
             base = ImageOps.fit(self._input(request).convert("RGB"), size)
             shifted = Image.merge("RGB", base.split()[seed % 3 :] + base.split()[: seed % 3])
             img = Image.blend(shifted, pattern.convert("RGB"), 0.25)
-        _caption(img, self._lines(request, seed))
+        if request.images:
+            info = request.images[0].info
+            cover = inherited_band((info.width, info.height), size)
+        _caption(img, self._lines(request, seed, size), cover)
         return img
 
     def _render_edit(self, request: ImageRequest, pattern: Image.Image, transparent: bool) -> Image.Image:
