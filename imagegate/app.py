@@ -42,8 +42,6 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
         middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024)),
     )
     app.state.service = service
-    if not settings.auth.enforced:
-        log.warning("auth is not enforced (no auth.api_keys or auth.master_key): the API accepts requests without a key")
     install_error_handlers(app)
     app.include_router(images.router)
     app.include_router(files.router)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import sys
 
 import click
 
 from imagegate import __version__
 from imagegate.config import Settings, load_settings
+from imagegate.contract.catalog import GENERATIONS, ModelSpec, parse_size
 from imagegate.errors import ConfigError
 
 CONFIG_HELP = "YAML config file (default: $IMAGEGATE_CONFIG, else the embedded defaults)."
@@ -50,18 +53,46 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     redact_access_log()  # signed URLs' signatures and ?api_key= values stay out of the access log
     app = create_app(settings)
     url = settings.server.public_url or f"http://{server.host}:{server.port}"
-    models = ", ".join(settings.models)
-    key_hint = ' -H "Authorization: Bearer $IMAGEGATE_API_KEY"' if settings.auth.api_keys else ""
-    first = next(iter(settings.models))
-    click.echo(
-        f"imagegate {__version__} listening on {url}  (models: {models}; data: {settings.server.data_dir})\n"
-        f"  try: curl -s {url}/v1/images/generations -H 'Content-Type: application/json'{key_hint} \\\n"
-        f'         -d \'{{"model": "{first}", "prompt": "a lighthouse at dusk", "size": "512x512"}}\'\n'
-        f'  or:  OpenAI(base_url="{url}/v1", api_key="...").images.generate(model="{first}", prompt="...")'
-    )
+    click.echo(banner(settings, url))
     uvicorn.run(
         app, host=server.host, port=server.port, log_level=settings.server.log_level, access_log=True, **uvicorn_options(server)
     )
+
+
+def _try_size(spec: ModelSpec) -> str | None:
+    """A size the model accepts: its own default when that is a size, else
+    1024x1024, else the first size it lists; None when it lists none."""
+    concrete = [spec.default_size, "1024x1024", *spec.sizes]
+    return next((s for s in concrete if parse_size(s) and spec.allows_size(s) is None), None)
+
+
+def banner(settings: Settings, url: str) -> str:
+    """What ``serve`` prints at start: where it listens, and a request that
+    works as printed (a model that generates, a size it takes, the key it needs)."""
+    from imagegate.gateway.routes import rules_for
+
+    lines = [f"imagegate {__version__} listening on {url}  (models: {', '.join(settings.models)}; data: {settings.server.data_dir})"]
+    rules = {name: rules_for(settings, name) for name in settings.models}
+    name = next((name for name, spec in rules.items() if GENERATIONS in spec.endpoints), None)
+    if name is None:
+        return lines[0]
+    auth = settings.auth
+    # The variable the README exports for the key this config takes (static keys first: they are for the images API).
+    var = "IMAGEGATE_API_KEY" if auth.api_keys else "IMAGEGATE_MASTER_KEY" if auth.master_key else None
+    key_hint = f' -H "Authorization: Bearer ${var}"' if var and auth.enforced else ""
+    body = {"model": name, "prompt": "a lighthouse at dusk"}
+    if size := _try_size(rules[name]):
+        body["size"] = size
+    lines += [
+        f"  try: curl -s {url}/v1/images/generations -H 'Content-Type: application/json'{key_hint} \\",
+        f"         -d {shlex.quote(json.dumps(body))}",
+        f'  or:  OpenAI(base_url="{url}/v1", api_key="...").images.generate(model="{name}", prompt="...")',
+    ]
+    if auth.follows_database_keys:
+        lines.append('  (once an API key exists in the database, every request needs one: -H "Authorization: Bearer ig-...")')
+    elif auth.enforced and not var:
+        lines.append('  (requests need a key from `imagegate keys create`: -H "Authorization: Bearer ig-...")')
+    return "\n".join(lines)
 
 
 @main.command("check-config")

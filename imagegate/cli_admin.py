@@ -127,10 +127,29 @@ def keys_create(config_path, name, team, models, expires, rpm, ipm, budget, peri
         key, secret = await keys.create_key(session, spec)
         return {**keys.key_view(key), "key": secret}
 
-    view = run_db(_settings(config_path), work)
+    settings = _settings(config_path)
+    view = run_db(settings, work)
     _print(view, as_json)
     if not as_json:
         click.echo("\nStore the key now: it is not shown again.", err=True)
+    _warn_unless_enforced(settings)
+
+
+def _warn_unless_enforced(settings: Settings) -> None:
+    """Say on stderr when a server on this config would not make callers send a key."""
+    auth = settings.auth
+    if auth.required is False:
+        click.echo(
+            "warning: this config says auth.required: false, so a server running it serves requests without "
+            "a key; this key's limits and budget apply only to requests that send it.",
+            err=True,
+        )
+    elif auth.follows_database_keys:
+        click.echo(
+            "note: a server on this config now refuses requests without a key (keys exist in its database); "
+            "without auth.master_key (or IMAGEGATE_MASTER_KEY) /admin is closed, manage keys with this command.",
+            err=True,
+        )
 
 
 @keys_group.command("list")

@@ -9,7 +9,11 @@ Load order, later wins:
    ``IMAGEGATE_SERVER__PORT=9000``; values are parsed as YAML scalars.
 
 Any string value of the form ``env:VARNAME`` is replaced by that variable's
-value; a missing variable is an error naming the key. Every problem becomes a
+value; a missing variable is an error naming the key. The secrets the README
+documents as variables (``IMAGEGATE_MASTER_KEY``, ``IMAGEGATE_API_KEY``,
+``IMAGEGATE_ENCRYPTION_KEY``, ``IMAGEGATE_SIGNING_KEY``; see
+:data:`ENV_SHORTCUTS`) fill their key whenever neither the file nor an
+override sets it, so the embedded defaults read them too. Every problem becomes a
 :class:`~imagegate.errors.ConfigError` whose message is one line naming the key.
 """
 
@@ -35,6 +39,15 @@ from imagegate.errors import ConfigError
 
 ENV_PREFIX = "IMAGEGATE_"
 ENV_NESTING = "__"
+# Documented variables -> the key they fill when the file and the overrides
+# leave it unset (an empty variable counts as unset). IMAGEGATE_API_KEY is one
+# static key.
+ENV_SHORTCUTS: dict[str, tuple[str, str]] = {
+    "IMAGEGATE_MASTER_KEY": ("auth", "master_key"),
+    "IMAGEGATE_API_KEY": ("auth", "api_keys"),
+    "IMAGEGATE_ENCRYPTION_KEY": ("auth", "encryption_key"),
+    "IMAGEGATE_SIGNING_KEY": ("storage", "signing_key"),
+}
 
 
 class _Strict(BaseModel):
@@ -115,8 +128,10 @@ class ServerConfig(_Strict):
 class AuthConfig(_Strict):
     api_keys: list[SecretStr] = []  # static keys: full access to the images API, no limits
     master_key: SecretStr | None = None  # the admin key: /admin/* and everything else
-    # Whether requests must carry a valid key. Default: yes when api_keys or
-    # master_key is set; database keys are managed with the master key.
+    # Whether requests must carry a valid key. Default (None): yes when
+    # api_keys or master_key is set, and also as soon as any key exists in the
+    # database (accounting.service checks). Only an explicit false serves
+    # requests without a key then, with a warning at start.
     required: bool | None = None
     # Fernet key that encrypts virtual keys (provider credentials) at rest;
     # make one with `imagegate virtual-keys new-encryption-key`.
@@ -150,7 +165,14 @@ class AuthConfig(_Strict):
 
     @property
     def enforced(self) -> bool:
+        """Whether the config alone requires a key (database keys aside)."""
         return self.required if self.required is not None else bool(self.api_keys or self.master_key)
+
+    @property
+    def follows_database_keys(self) -> bool:
+        """Whether keys become required once one exists in the database:
+        unless the config already requires them, or explicitly does not."""
+        return self.required is None and not self.enforced
 
 
 class DatabaseConfig(_Strict):
@@ -255,6 +277,10 @@ class ModelRouteConfig(_Strict):
     fallbacks: list[str] = []  # models tried, in order, when these deployments are exhausted
     fallback_on: list[ErrorKind] = list(RETRYABLE_KINDS)  # the error kinds that move on to a fallback
     routing: RoutingConfig | None = None  # overrides the top-level routing for this model
+    # A provider image not of the asked size (see docs/output.md): crop it to cover,
+    # pad it (letterbox), or return it as it is.
+    resize: Literal["crop", "pad", "none"] = "crop"
+    pad_color: str | None = Field(None, pattern=r"^#[0-9a-fA-F]{6}$")  # opaque padding; default: the edge's mean colour
 
     @model_validator(mode="before")
     @classmethod
@@ -358,6 +384,17 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
         node[keys[-1]] = yaml.safe_load(raw) if raw else raw
 
 
+def _apply_env_shortcuts(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for var, (section, key) in ENV_SHORTCUTS.items():
+        value = environ.get(var)
+        if not value:
+            continue
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict) or key in node:
+            continue
+        node[key] = [value] if key == "api_keys" else value
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     loc = ".".join(str(p) for p in err["loc"])
@@ -388,6 +425,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded
     _apply_env_overrides(data, environ)
+    _apply_env_shortcuts(data, environ)
     data = _resolve_env_refs(data, "", environ)
     try:
         settings = Settings.model_validate(data)

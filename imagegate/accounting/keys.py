@@ -95,6 +95,11 @@ async def find_by_secret(session: AsyncSession, secret: str) -> ApiKey | None:
     return (await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret)))).scalar_one_or_none()
 
 
+async def any_exist(session: AsyncSession) -> bool:
+    """Whether any key was ever created (revoked ones count: keys were meant to be required)."""
+    return (await session.execute(select(ApiKey.id).limit(1))).first() is not None
+
+
 async def get_key(session: AsyncSession, ref: str) -> ApiKey:
     """By id (key_...) or by the shown prefix (ig-...)."""
     column = ApiKey.prefix if ref.startswith(SECRET_PREFIX) else ApiKey.id

@@ -1,8 +1,9 @@
 """The accounting service the gateway calls around every request.
 
 * ``authenticate`` - who is calling: the master key, a static key from the
-  config, a database key (with its limits and budget), or nobody (when auth
-  is not enforced).
+  config, a database key (with its limits and budget), or nobody (only while
+  no key is required: the config sets none and the database holds none, or
+  the config says ``auth.required: false``).
 * ``check_limits`` - may this caller use this model, and is it within its
   rate limits: checked before any expensive work (URL fetches, decoding).
 * ``admit`` - reserve the request's worst-case cost on the key's (and team's)
@@ -82,6 +83,10 @@ _NO_DEPLOYMENT = Deployment(provider="", model="")
 _INSERT_USAGE = insert(UsageRecord.__table__)  # built once: the hot path
 # Retries of a settlement the database refused, before it is journaled.
 SETTLE_RETRY_DELAYS = (0.1, 0.5, 1.5)
+# While no database key exists (and the config leaves auth.required unset),
+# how long "none yet" is believed before the database is asked again: a key
+# made with `imagegate keys create` in another process is enforced this soon.
+KEYS_RECHECK_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -132,11 +137,14 @@ class Accounting:
         self.usage_writer = UsageWriter(self.db)
         self.journal = SettlementJournal(settings.server.data_dir / "pending-settlements.jsonl")
         self._tasks: set[asyncio.Task[None]] = set()
+        self._keys_exist = False  # once true, stays true (keys are revoked, never deleted)
+        self._keys_checked = float("-inf")
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
         await self.housekeeping()
         self.usage_writer.start()
+        await self._log_auth_mode()
 
     async def housekeeping(self) -> None:
         """At start and on every sweep: write journaled settlements, then give
@@ -156,10 +164,50 @@ class Accounting:
 
     # -- who --------------------------------------------------------------------
 
+    async def _log_auth_mode(self) -> None:
+        auth = self.settings.auth
+        if auth.required is False:
+            log.warning(
+                "AUTH IS OFF (auth.required: false): the API serves requests without a key; "
+                "keys' rate limits and budgets apply only to requests that send them"
+            )
+        elif auth.follows_database_keys:
+            if await self.keys_required():
+                log.info("auth is enforced: API keys exist in the database")
+            else:
+                log.warning(
+                    "auth is not enforced (no auth.api_keys, auth.master_key or database keys): the API accepts "
+                    "requests without a key until one is created"
+                )
+
+    def note_key_created(self) -> None:
+        """A key was just created in this process: enforce keys from now on."""
+        self._keys_exist = True
+
+    async def keys_required(self) -> bool:
+        """Whether requests must carry a key: the config says so, or (unless
+        it says ``required: false``) a key exists in the database. "None yet"
+        is cached for KEYS_RECHECK_SECONDS; "some" for good."""
+        auth = self.settings.auth
+        if not auth.follows_database_keys:
+            return auth.enforced
+        if self._keys_exist:
+            return True
+        now = time.monotonic()
+        if now - self._keys_checked >= KEYS_RECHECK_SECONDS:
+            first, self._keys_checked = self._keys_checked == float("-inf"), now  # others use the cached answer meanwhile
+            try:
+                async with self.db.read() as session:
+                    self._keys_exist = await keys.any_exist(session)
+            except Exception as exc:  # the database is down: keep the last answer, ask again later
+                log.warning("could not check the database for API keys (%s); asking again later", type(exc).__name__)
+            if self._keys_exist and not first:
+                log.info("an API key exists in the database now: requests without a key are refused from here on")
+        return self._keys_exist
+
     async def authenticate(self, secret: str | None, virtual_key: str | None = None) -> Caller:
-        enforced = self.settings.auth.enforced
         if not secret:
-            if enforced:
+            if await self.keys_required():
                 raise AuthenticationError(
                     "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-portkey-api-key'."
                 )
@@ -174,9 +222,10 @@ class Accounting:
             async with self.db.read() as session:
                 key = await keys.find_by_secret(session, secret)
         if key is None:
-            if enforced:
+            if await self.keys_required():
                 raise AuthenticationError("Incorrect API key provided.")
             return Caller("anonymous", virtual_key=virtual_key)
+        self._keys_exist = True
         if not key.enabled or key.revoked_at is not None:
             raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
         if key.expires_at is not None and aware(key.expires_at) <= utcnow():

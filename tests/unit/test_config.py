@@ -106,3 +106,30 @@ models:
     s = load_settings(_write(tmp_path, text), environ={})
     assert s.models["fast"].rules == "gpt-image-1-mini"
     assert s.models["fast"].deployments[0].model == "upstream-name"
+
+
+SHORTCUT_ENV = {
+    "IMAGEGATE_MASTER_KEY": "m" * 32,
+    "IMAGEGATE_API_KEY": "sk-static",
+    "IMAGEGATE_ENCRYPTION_KEY": "3kP1tqDYhW9cLZ1Zl7cL3lP2gq8r0mCUpo2Q2tWh8Kk=",
+    "IMAGEGATE_SIGNING_KEY": "s" * 32,
+}
+
+
+def test_the_documented_variables_fill_the_embedded_defaults() -> None:
+    s = load_settings(None, environ=SHORTCUT_ENV)
+    assert s.auth.master_key is not None and s.auth.master_key.get_secret_value() == "m" * 32
+    assert [k.get_secret_value() for k in s.auth.api_keys] == ["sk-static"]
+    assert s.auth.encryption_key is not None and s.storage.signing_key is not None
+    assert s.auth.enforced and not s.auth.follows_database_keys
+    assert not load_settings(None, environ={"IMAGEGATE_MASTER_KEY": ""}).auth.enforced  # empty: unset
+
+
+def test_the_file_and_overrides_win_over_the_documented_variables(tmp_path: Path) -> None:
+    path = _write(tmp_path, "auth: {master_key: null, required: false}\n")
+    s = load_settings(path, environ={**SHORTCUT_ENV, "IMAGEGATE_AUTH__API_KEYS": "[sk-override]"})
+    assert s.auth.master_key is None  # the file said none
+    assert [k.get_secret_value() for k in s.auth.api_keys] == ["sk-override"]
+    assert s.auth.required is False and not s.auth.enforced and not s.auth.follows_database_keys
+    with pytest.raises(ConfigError, match="auth.master_key: the master key must be at least 16 characters"):
+        load_settings(None, environ={"IMAGEGATE_MASTER_KEY": "short"})
