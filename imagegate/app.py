@@ -39,7 +39,7 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
         version=__version__,
         description="One OpenAI-compatible Images API in front of every image model.",
         lifespan=lifespan,
-        middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024)),
+        middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024), settings.server.cors),
     )
     app.state.service = service
     install_error_handlers(app)

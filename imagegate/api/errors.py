@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 
 from imagegate.api.render import JSONBody
 from imagegate.errors import ImagegateError, InvalidRequestError
@@ -35,15 +36,33 @@ async def _imagegate_error(request: Request, exc: Exception) -> JSONBody:
     return error_response(exc)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path. The router answers 405
+    with the methods of the first route whose path matched, not all of them."""
+    allowed = set()
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        for route in request.app.router.routes:
+            if not isinstance(route, Mount) and route.matches(probe)[0] is Match.FULL:
+                allowed.add(method)
+                break
+    return [m for m in _METHODS if m in allowed]
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONBody:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     message = "Not found." if status == 404 else str(exc.detail)
+    headers = dict(exc.headers or {})
     if status == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
     kind = "invalid_request_error" if status < 500 else "server_error"
     err = ImagegateError(message, code=_HTTP_CODES.get(status, "http_error"), status=status, type=kind)
-    return JSONBody(err.envelope(), status_code=status, headers=dict(exc.headers or {}))
+    return JSONBody(err.envelope(), status_code=status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONBody:

@@ -2,6 +2,13 @@
 
 Order, outermost first:
 
+0. ``CORSMiddleware`` (Starlette's; only when ``server.cors`` names origins) -
+   outermost, so every answer carries ``Access-Control-Allow-Origin``, the
+   500 that ``RequestIdMiddleware`` itself writes for an unexpected exception
+   and the 413 of the body limit included: a browser hides an answer without
+   it, status, envelope and request id alike. Preflight ``OPTIONS`` requests
+   are answered by it before anything else runs (no request id, no cost
+   header: they never reach the API).
 1. ``RequestIdMiddleware`` - every response, errors included, carries
    ``x-request-id`` and ``x-imagegate-cost-usd`` (0 unless a request ran);
    an unexpected exception is answered here as the envelope's 500.
@@ -16,11 +23,15 @@ import re
 import secrets
 
 from starlette.middleware import Middleware
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegate.api.errors import error_response, internal_error
 from imagegate.api.render import JSONBody
-from imagegate.errors import ImagegateError, PayloadTooLargeError
+from imagegate.config import CorsConfig
+from imagegate.errors import ImagegateError, InvalidRequestError, PayloadTooLargeError
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: no trailing newline into logs
 COST_HEADER = "x-imagegate-cost-usd"
@@ -103,8 +114,35 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def build_middleware(max_body_bytes: int) -> list[Middleware]:
+class _CORSMiddleware(CORSMiddleware):
+    """Starlette's, with a refused preflight answered in the error envelope
+    and without any ``Access-Control-*`` header."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode()  # "Disallowed CORS origin, method, headers"
+        err = InvalidRequestError(f"{reason}.", code="cors_preflight_refused")
+        return JSONBody(err.envelope(), status_code=400)
+
+
+def _cors(cors: CorsConfig) -> Middleware:
+    return Middleware(
+        _CORSMiddleware,
+        allow_origins=cors.allow_origins,
+        allow_origin_regex=cors.allow_origin_regex,
+        allow_methods=cors.allow_methods,
+        allow_headers=cors.allow_headers,
+        expose_headers=cors.expose_headers,
+        allow_credentials=cors.allow_credentials,
+        max_age=cors.max_age,
+    )
+
+
+def build_middleware(max_body_bytes: int, cors: CorsConfig | None = None) -> list[Middleware]:
     return [
+        *([_cors(cors)] if cors is not None and cors.enabled else []),
         Middleware(RequestIdMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes),
     ]
