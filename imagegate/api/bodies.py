@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 from fastapi import Request
 
-from imagegate.api.multipart import parse_multipart
+from imagegate.api.multipart import Part, parse_multipart
 from imagegate.errors import InvalidRequestError, UnsupportedMediaTypeError
+from imagegate.imaging.probe import sniff_format
 
 IMAGE_FIELDS = ("image", "image[]")
 MAX_TEXT_PART = 1024 * 1024  # a prompt of 32000 characters is far below this
@@ -63,15 +64,30 @@ class FormInput:
     mask: tuple[str, bytes] | None = None
 
 
+def _is_file(part: Part) -> bool:
+    """A file upload: sent with ``filename=``, or without one but holding an
+    image (sniffed from its bytes) or anything that is not UTF-8 text, as
+    OpenAI takes it. A text value such as a URL stays a text field."""
+    if part.is_file or sniff_format(part.content) is not None:
+        return True
+    try:
+        part.content.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormInput:
     """Parse a multipart body. ``image`` and ``image[]`` parts (repeatable)
     collect into ``images``; ``mask`` is one file; every other part must be a
-    text field, given once. Part file names are ignored entirely."""
+    text field, given once. Part file names are ignored, except that a part
+    named in ``file_fields`` without one must hold an image (see ``_is_file``)."""
     parts = await parse_multipart(
         request.headers.get("content-type", ""),
         request.stream(),
         max_parts=MAX_IMAGE_PARTS + 1 + MAX_TEXT_FIELDS,
         max_text_bytes=MAX_TEXT_PART,
+        file_names=frozenset(file_fields),
     )
     out = FormInput()
     image_count = sum(1 for p in parts if p.name in IMAGE_FIELDS)
@@ -82,7 +98,7 @@ async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormIn
     for part in parts:
         name = part.name
         if name in file_fields:
-            if not part.is_file:
+            if not _is_file(part):
                 raise InvalidRequestError(
                     f"Invalid type for '{name}': expected a file upload, but got a text field instead.",
                     param="image" if name in IMAGE_FIELDS else name,

@@ -19,7 +19,7 @@ from imagegate.api.deps import CallerDep, ServiceDep, request_id
 from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
 from imagegate.api.render import JSONBody, sse
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.validate import check_rules, load_inputs, parse_fields
+from imagegate.contract.validate import check_rules, load_inputs, parse_fields, resolve_model
 from imagegate.errors import ImagegateError, InvalidRequestError
 from imagegate.gateway.routing import Served
 from imagegate.gateway.service import ImageService
@@ -44,8 +44,8 @@ async def _build(
     images: list[tuple[str, bytes]] | None = None,
     mask: tuple[str, bytes] | None = None,
 ) -> ImageRequest:
+    name, spec = resolve_model(service.directory, endpoint, raw)  # a 404 for the model comes before any 400
     fields = parse_fields(endpoint, raw, from_form=from_form)
-    name, spec = service.directory.resolve(fields.model, endpoint)
     check_rules(endpoint, fields, name, spec)
     # The key's models and rate limits before the images are decoded and probed.
     await service.accounting.check_limits(caller, ImageRequest(endpoint, name, spec, fields), request_id(http))  # type: ignore[arg-type]
@@ -186,6 +186,7 @@ async def create_image(http: Request, service: ServiceDep, caller: CallerDep) ->
 
 
 async def _json_edit(service: ImageService, caller: Caller, http: Request, raw: dict[str, Any]) -> ImageRequest:
+    name, spec = resolve_model(service.directory, "edits", raw)  # a 404 for the model comes before any 400
     refs = raw.pop("images", None)
     mask_ref = raw.pop("mask", None)
     if "image" in raw:
@@ -202,7 +203,6 @@ async def _json_edit(service: ImageService, caller: Caller, http: Request, raw: 
         )
     # Check the cheap fields before fetching anything.
     fields = parse_fields("edits", raw, from_form=False)
-    name, spec = service.directory.resolve(fields.model, "edits")
     check_rules("edits", fields, name, spec)
     limit = spec.edit_input.max_images if spec.edit_input else 0
     if len(refs) > limit:

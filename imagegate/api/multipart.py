@@ -3,7 +3,9 @@
 python-multipart's incremental parser is fed the request body as it arrives;
 each part's bytes are collected as they stream in and joined once at the end
 of the part. Nothing is spooled to disk, nothing goes through a thread pool,
-and part file names are read only to tell files from text fields.
+and part file names are read only to tell files from text fields. Parts named
+in ``file_names`` may be files sent without a ``filename=`` (as OpenAI
+accepts them), so the text-size cap does not apply to them.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def _malformed(detail: str) -> InvalidRequestError:
 
 
 class _Collector:
-    def __init__(self, max_parts: int, max_text_bytes: int) -> None:
+    def __init__(self, max_parts: int, max_text_bytes: int, file_names: frozenset[str]) -> None:
         self.max_parts = max_parts
         self.max_text_bytes = max_text_bytes
+        self.file_names = file_names
         self.parts: list[Part] = []
         self.error: InvalidRequestError | None = None
         self._header_field = b""
@@ -79,7 +82,7 @@ class _Collector:
         if part is None or self.error is not None:
             return
         part._size += end - start
-        if not part.is_file and part._size > self.max_text_bytes:
+        if not part.is_file and part.name not in self.file_names and part._size > self.max_text_bytes:
             self._fail(_malformed(f"the field '{part.name}' is larger than {self.max_text_bytes} bytes"))
             return
         part._chunks.append(data[start:end])
@@ -92,13 +95,20 @@ class _Collector:
         self._current = None
 
 
-async def parse_multipart(content_type: str, body: AsyncIterator[bytes], *, max_parts: int, max_text_bytes: int) -> list[Part]:
+async def parse_multipart(
+    content_type: str,
+    body: AsyncIterator[bytes],
+    *,
+    max_parts: int,
+    max_text_bytes: int,
+    file_names: frozenset[str] = frozenset(),
+) -> list[Part]:
     """All parts of a multipart body, in order. Raises InvalidRequestError."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise _malformed("the Content-Type has no boundary")
-    collector = _Collector(max_parts, max_text_bytes)
+    collector = _Collector(max_parts, max_text_bytes, file_names)
     callbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,

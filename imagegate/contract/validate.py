@@ -1,6 +1,9 @@
 """Turn what a client sent into a typed request, or a 400 naming the field.
 
-Three steps, cheapest first, so a bad request costs as little as possible:
+The model is resolved first (:func:`resolve_model`: a model that is not
+served is a 404 before anything else is judged, so fixing one error never
+only uncovers the next). Then three steps, cheapest first, so a bad request
+costs as little as possible:
 
 1. :func:`parse_fields` - known field names, JSON types, enums, ranges
    (the spec's schema). Unknown names are ``unknown_parameter``.
@@ -13,6 +16,8 @@ Three steps, cheapest first, so a bad request costs as little as possible:
 from __future__ import annotations
 
 import asyncio
+import difflib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,7 +60,9 @@ def _pydantic_to_error(exc: ValidationError, raw: Mapping[str, Any]) -> InvalidR
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return InvalidRequestError(
-            f"Invalid value: '{value}'. Supported values are: {expected}.", param=param, code="invalid_value"
+            f"Invalid value: '{value}'. Supported values are: {expected}.{_did_you_mean(value, expected)}",
+            param=param,
+            code="invalid_value",
         )
     if kind in ("greater_than_equal", "greater_than"):
         return InvalidRequestError(
@@ -84,6 +91,32 @@ def _pydantic_to_error(exc: ValidationError, raw: Mapping[str, Any]) -> InvalidR
     return InvalidRequestError(
         f"Invalid type for '{param}': expected {expected}, but got {got} instead.", param=param, code="invalid_type"
     )
+
+
+# Common near-misses that difflib alone would not pair (resellers' docs say "json").
+_ALIASES = {"json": "b64_json", "base64": "b64_json", "b64": "b64_json", "jpg": "jpeg"}
+
+
+def _did_you_mean(value: object, expected: str) -> str:
+    """`` Did you mean 'b64_json'?`` for a near-miss of one of the allowed values, else ""."""
+    if not isinstance(value, str):
+        return ""
+    allowed = re.findall(r"'([^']*)'", expected)
+    alias = _ALIASES.get(value.strip().lower())
+    guess = alias if alias in allowed else next(iter(difflib.get_close_matches(value.lower(), allowed, n=1)), None)
+    return f" Did you mean '{guess}'?" if guess else ""
+
+
+def resolve_model(directory: ModelDirectory, endpoint: str, raw: Mapping[str, Any]) -> tuple[str, ModelSpec]:
+    """The served model a request names (or the default), before any other
+    field is judged: 404 ``model_not_found`` comes first."""
+    requested = raw.get("model")
+    if requested is not None and not isinstance(requested, str):
+        got = _JSON_TYPE_OF.get(type(requested), "another type")
+        raise InvalidRequestError(
+            f"Invalid type for 'model': expected a string, but got {got} instead.", param="model", code="invalid_type"
+        )
+    return directory.resolve(requested, endpoint)
 
 
 def parse_fields(endpoint: str, raw: Mapping[str, Any], *, from_form: bool):
