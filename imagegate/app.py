@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from imagegate import __version__
 from imagegate.api import admin, files, images, meta
+from imagegate.api.docs import install_docs
 from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import build_middleware
 from imagegate.config import Settings
@@ -40,6 +41,8 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
         description="One OpenAI-compatible Images API in front of every image model.",
         lifespan=lifespan,
         middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024), settings.server.cors),
+        docs_url=None,  # served by api.docs, with local assets
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
@@ -47,4 +50,5 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
     app.include_router(files.router)
     app.include_router(meta.router)
     app.include_router(admin.router)
+    install_docs(app)
     return app
