@@ -71,7 +71,9 @@ def banner(settings: Settings, url: str) -> str:
     works as printed (a model that generates, a size it takes, the key it needs)."""
     from imagegate.gateway.routes import rules_for
 
-    lines = [f"imagegate {__version__} listening on {url}  (models: {', '.join(settings.models)}; data: {settings.server.data_dir})"]
+    lines = [
+        f"imagegate {__version__} listening on {url}  (models: {', '.join(settings.models)}; data: {settings.server.data_dir})"
+    ]
     rules = {name: rules_for(settings, name) for name in settings.models}
     name = next((name for name, spec in rules.items() if GENERATIONS in spec.endpoints), None)
     if name is None:

@@ -83,7 +83,7 @@ def _generate(base: str, key: str | None = None, **body: object) -> httpx.Respon
 def test_the_readme_key_flow_enforces_keys_as_written(tmp_path: Path) -> None:
     export, create = _readme_key_commands()
     # The README's commands in one shell, on the embedded defaults (no config file).
-    script = f"set -e\n{export}\n{create}\necho \"MASTER=$IMAGEGATE_MASTER_KEY\"\n"
+    script = f'set -e\n{export}\n{create}\necho "MASTER=$IMAGEGATE_MASTER_KEY"\n'
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     master = re.search(r"^MASTER=(\S+)$", done.stdout, re.M).group(1)  # type: ignore[union-attr]

@@ -116,7 +116,9 @@ def test_a_large_image_part_without_a_filename_is_not_capped_as_text(server) -> 
 
 
 def test_a_binary_non_image_part_without_a_filename_is_judged_as_an_image(server) -> None:
-    r = _post_form(server, "edits", ("model", b"gpt-image-1", False), ("prompt", b"x", False), ("image", b"\xff\x00\xfe" * 10, False))
+    r = _post_form(
+        server, "edits", ("model", b"gpt-image-1", False), ("prompt", b"x", False), ("image", b"\xff\x00\xfe" * 10, False)
+    )
     _error(r, 400, "image", "invalid_image_format")
 
 
