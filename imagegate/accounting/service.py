@@ -180,10 +180,6 @@ class Accounting:
                     "requests without a key until one is created"
                 )
 
-    def note_key_created(self) -> None:
-        """A key was just created in this process: enforce keys from now on."""
-        self._keys_exist = True
-
     async def keys_required(self) -> bool:
         """Whether requests must carry a key: the config says so, or (unless
         it says ``required: false``) a key exists in the database. "None yet"
@@ -225,7 +221,7 @@ class Accounting:
             if await self.keys_required():
                 raise AuthenticationError("Incorrect API key provided.")
             return Caller("anonymous", virtual_key=virtual_key)
-        self._keys_exist = True
+        self._keys_exist = True  # a key exists (made in this process or another): required from now on
         if not key.enabled or key.revoked_at is not None:
             raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
         if key.expires_at is not None and aware(key.expires_at) <= utcnow():

@@ -107,7 +107,6 @@ async def create_key(body: KeyCreate, service: ServiceDep, _: AdminDep) -> JSONB
     async with service.accounting.db.transaction() as session:
         key, secret = await keys.create_key(session, _spec(body))
         view = keys.key_view(key)
-    service.accounting.note_key_created()
     return JSONBody({**view, "key": secret}, status_code=201)
 
 
