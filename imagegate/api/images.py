@@ -140,11 +140,13 @@ async def _idempotent(service: ImageService, request: ImageRequest, http: Reques
 
 
 def _served_headers(served: Served) -> dict[str, str]:
-    return {
-        "x-imagegate-model": served.leg.request.model,
-        "x-imagegate-provider": served.slot.deployment.provider,
-        "x-imagegate-attempts": str(served.attempts),
-    }
+    """What served the request and what the gateway changed (docs/output.md).
+    Errors after routing started carry the same model/provider/attempts
+    headers (``routing.route_headers``, on the error itself)."""
+    headers = served.headers()
+    if served.resized:  # a stream's: its first event's images (the headers go before the rest)
+        headers["x-imagegate-resized"] = ", ".join(served.resized)
+    return headers
 
 
 async def _stream(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:

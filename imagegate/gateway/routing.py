@@ -15,6 +15,10 @@ again, and which to leave alone for a while.
   on other 4xx (validation, content policy), with exponential backoff and
   full jitter, honouring ``Retry-After``; bounded by ``max_attempts`` and the
   request's deadline.
+* **What was tried** goes with every answer: a success's :class:`Served`,
+  and the error that ends :func:`execute` carries the same facts as its
+  headers (:func:`route_headers`): the model and provider of the last
+  attempt, and how many attempts were made.
 """
 
 from __future__ import annotations
@@ -166,6 +170,16 @@ class Leg:
     api_key: str | None = None  # a virtual key's credential
 
 
+def route_headers(model: str, provider: str | None, attempts: int) -> dict[str, str]:
+    """What was tried, as response headers: the model and provider of the
+    last attempt (the one whose answer the client gets) and the number of
+    attempts over all deployments and fallbacks."""
+    headers = {"x-imagegate-model": model, "x-imagegate-attempts": str(attempts)}
+    if provider is not None:  # None: no deployment could even be tried
+        headers["x-imagegate-provider"] = provider
+    return headers
+
+
 @dataclass
 class Served:
     value: object
@@ -173,12 +187,37 @@ class Served:
     slot: Slot
     attempts: int
     lease: SlotLease | None = None  # still held, when the caller asked to hold it
+    # What the gateway changed: each distinct resize of the answer's images
+    # ("640x480->1024x1024; crop"), filled in as the images are shaped.
+    resized: list[str] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        return route_headers(self.leg.request.model, self.slot.deployment.provider, self.attempts)
 
 
-async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: bool = False) -> Served:  # noqa: ANN001, C901
+@dataclass
+class _Trace:
+    """The last attempt so far, for the headers of the error that may end it all."""
+
+    model: str
+    provider: str | None = None
+    attempts: int = 0
+
+
+async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: bool = False) -> Served:  # noqa: ANN001
     """Try ``call(request, deployment)`` over the legs' deployments until one
     succeeds. ``hold`` keeps the winning attempt's concurrency slot (a stream
-    releases it when it ends)."""
+    releases it when it ends). The error that ends it carries
+    :func:`route_headers` (merged into its own headers, such as Retry-After)."""
+    trace = _Trace(legs[0].request.model)
+    try:
+        return await _execute(legs, call, policy, hold, trace)
+    except ImagegateError as exc:
+        exc.headers = {**exc.headers, **route_headers(trace.model, trace.provider, trace.attempts)}
+        raise
+
+
+async def _execute(legs: Sequence[Leg], call, policy: RoutingConfig, hold: bool, trace: _Trace) -> Served:  # noqa: ANN001, C901
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline_seconds
     attempts = 0
@@ -202,6 +241,7 @@ async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: boo
                 if slot is None:
                     break
             attempts += 1
+            trace.model, trace.provider, trace.attempts = leg.request.model, slot.deployment.provider, attempts
             lease = SlotLease(slot)
             deployment = slot.deployment if leg.api_key is None else _with_key(slot.deployment, leg.api_key)
             try:

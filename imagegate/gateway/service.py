@@ -20,13 +20,14 @@ from sqlalchemy import text
 from imagegate.accounting.idempotency import IdempotencyStore
 from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
 from imagegate.config import Settings
+from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
 from imagegate.contract.validate import ModelDirectory, retarget
-from imagegate.errors import GoneError, InvalidRequestError, NotFoundError
+from imagegate.errors import GoneError, ImagegateError, InvalidRequestError, NotFoundError
 from imagegate.gateway.checks import check_usage, checked_result, warn_extra_images
 from imagegate.gateway.fetch import ImageFetcher
-from imagegate.gateway.output import Shaped, shape_images, usage_out
+from imagegate.gateway.output import ResizePolicy, Shaped, shape_images, usage_out
 from imagegate.gateway.routes import Route, build_routes, fallback_chain, rules_for
 from imagegate.gateway.routing import Leg, Served, execute
 from imagegate.providers.base import (
@@ -53,6 +54,11 @@ from imagegate.storage.signing import (
 
 log = logging.getLogger("imagegate.gateway")
 
+# The spec's enums: ImagesResponse, and the stream events (which add "auto").
+_QUALITIES = ("low", "medium", "high")
+_BACKGROUNDS = ("transparent", "opaque")
+_EVENT_QUALITIES = (*_QUALITIES, "auto")
+_EVENT_BACKGROUNDS = (*_BACKGROUNDS, "auto")
 _EVENT_PREFIX = {"generations": "image_generation", "edits": "image_edit", "variations": "image_variation"}
 
 
@@ -75,8 +81,20 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
 
 
 def _size(shaped: Shaped, meta: ImageMeta) -> str:
-    """The upstream's reported size passes through unless the gateway resized."""
-    return shaped.size_str if shaped.resized or not meta.size else meta.size
+    """The upstream's reported size passes through unless the gateway resized
+    (then the new size) or it reported none (then the image's own)."""
+    return shaped.size_str if shaped.resized or parse_size(meta.size or "") is None else meta.size  # type: ignore[return-value]
+
+
+def _said(value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """An upstream's value where the spec allows it; never one of the gateway's own."""
+    return value if value in allowed else None
+
+
+def _background(shaped: list[Shaped], said: str | None, allowed: tuple[str, ...]) -> str | None:
+    if any(s.resize is not None and s.resize.transparent_padding for s in shaped):
+        return "transparent"  # the gateway padded with transparency: it knows
+    return _said(said, allowed)
 
 
 class ImageService:
@@ -151,13 +169,16 @@ class ImageService:
             result = await self.providers[deployment.provider].run(req, deployment)
             return checked_result(req, result, deployment.provider)
 
+        served: Served | None = None
         try:
             served = await execute(legs, call, policy)
             result: ProviderResult = served.value  # type: ignore[assignment]
             req = served.leg.request
-            shaped = await shape_images(req, result.images, self.settings.server.max_image_pixels)
+            shaped = await self._shape(req, result.images, served)
             data = await asyncio.gather(*(self._render(req, s, base_url) for s in shaped))
         except BaseException as exc:  # failed or cancelled: charged nothing
+            if isinstance(exc, ImagegateError) and served is not None:  # what was tried goes with the error too
+                exc.headers = {**exc.headers, **served.headers()}
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
         admission.serve(req, served.slot.deployment)
@@ -200,7 +221,6 @@ class ImageService:
         self, request: ImageRequest, head: object, rest: AsyncIterator[object], admission: Admission, served: Served
     ) -> AsyncIterator[StreamEvent]:
         prefix = _EVENT_PREFIX[request.endpoint]
-        max_pixels = self.settings.server.max_image_pixels
         images, usage, meta, extra = 0, None, ImageMeta(), 0
         provider = served.slot.deployment.provider
 
@@ -217,7 +237,7 @@ class ImageService:
                     if isinstance(item, CompletedImage):
                         extra += 1
                     continue
-                (shaped,) = await shape_images(request, [item.image], max_pixels)  # type: ignore[attr-defined]
+                (shaped,) = await self._shape(request, [item.image], served)  # type: ignore[attr-defined]
                 if isinstance(item, PartialImage):
                     yield self._event(request, f"{prefix}.partial_image", shaped, item.meta, None, item.index)
                 else:
@@ -236,6 +256,20 @@ class ImageService:
             warn_extra_images(request, images + extra, provider)
         await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta)))
 
+    async def _shape(self, request: ImageRequest, images: list, served: Served) -> list[Shaped]:  # noqa: ANN001
+        """Images as the client asked them (format, size), under the model's
+        resize policy; each distinct resize is noted on ``served`` for the
+        answer's x-imagegate-resized header."""
+        route = self.settings.models[request.model]
+        policy = ResizePolicy.of(route.resize, route.pad_color)
+        shaped = await shape_images(
+            request, images, self.settings.server.max_image_pixels, policy, served.slot.deployment.provider
+        )
+        for change in (str(s.resize) for s in shaped if s.resize):
+            if change not in served.resized:
+                served.resized.append(change)
+        return shaped
+
     def _event(
         self,
         request: ImageRequest,
@@ -245,13 +279,16 @@ class ImageService:
         usage: Usage | None,
         partial_index: int | None,
     ) -> StreamEvent:
+        # The events' schema requires these and allows "auto": the upstream's
+        # value, else the request's setting (what the field describes).
+        quality = _said(meta.quality, _EVENT_QUALITIES) or _said(request.quality, _EVENT_QUALITIES) or "auto"
         return StreamEvent(
             type=kind,
             b64_json=shaped.image.b64,
             created_at=meta.created or int(time.time()),
             size=_size(shaped, meta),
-            quality=meta.quality or request.quality,
-            background=meta.background or request.background,
+            quality=quality,
+            background=_background([shaped], meta.background, _EVENT_BACKGROUNDS) or request.background,
             output_format=shaped.format,
             partial_image_index=partial_index,
             usage=usage_out(usage),
@@ -271,12 +308,13 @@ class ImageService:
     ) -> ImagesResponse:
         meta = {}
         if request.spec.reports_output_meta and shaped:
-            background = result.meta.background or request.background
+            # What the upstream said (where the spec allows it) or the gateway
+            # knows (the image's format and size); never the request's "auto".
             meta = {
                 "size": _size(shaped[0], result.meta),
                 "output_format": shaped[0].format,
-                "quality": result.meta.quality or request.quality,
-                "background": background if background in ("transparent", "opaque") else None,
+                "quality": _said(result.meta.quality, _QUALITIES),
+                "background": _background(shaped, result.meta.background, _BACKGROUNDS),
             }
         created = result.meta.created or int(time.time())
         return ImagesResponse(created=created, data=data, usage=usage_out(result.usage), **meta)

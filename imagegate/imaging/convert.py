@@ -3,6 +3,13 @@
 :func:`conform` returns the input bytes untouched when they already match, so
 the common case costs a header read and no re-encode. CPU work: call off the
 event loop.
+
+An image of another aspect ratio reaches the asked size one of two ways
+(``Target.fit``): ``crop`` scales it to cover the size and cuts the centre
+out; ``pad`` scales it to fit inside and fills the rest (letterbox) with
+``Target.pad_color``: an RGBA colour (alpha 0 is transparent), or ``None``
+for the mean colour of the image's edge. Of the same aspect ratio, it is
+only scaled.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 
 from imagegate.imaging.probe import ImageInfo, decode, probe
 
@@ -23,6 +30,8 @@ class Target:
     compression: int | None = None  # 0-100, jpeg/webp only; None = encoder default
     size: tuple[int, int] | None = None  # None = keep
     transparent: bool = False  # keep alpha (png/webp); False flattens nothing itself
+    fit: str = "crop"  # another aspect ratio: crop | pad
+    pad_color: tuple[int, int, int, int] | None = None  # pad: RGBA (alpha 0: transparent); None: the edge's mean
 
 
 def encode(img: Image.Image, fmt: str, compression: int | None = None) -> bytes:
@@ -75,8 +84,43 @@ def conform(data: bytes, target: Target, *, max_pixels: int) -> tuple[bytes, tup
         return data, (info.width, info.height), False
     img = decode(data, max_pixels=max_pixels)
     resized = target.size is not None and img.size != target.size
-    if resized:
-        img = ImageOps.fit(img, target.size, Image.Resampling.LANCZOS)
-    if not target.transparent and target.format != "png" and img.mode in ("RGBA", "LA", "P"):
+    padded = False
+    if target.size is not None and resized:
+        padded = target.fit == "pad" and not same_aspect(img.size, target.size)
+        img = pad(img, target.size, target.pad_color) if padded else ImageOps.fit(img, target.size, Image.Resampling.LANCZOS)
+    clear_padding = padded and target.pad_color is not None and target.pad_color[3] < 255
+    keep_alpha = target.transparent or target.format == "png" or (clear_padding and target.format != "jpeg")
+    if not keep_alpha and img.mode in ("RGBA", "LA", "P"):
         img = flatten(img)
     return encode(img, target.format, target.compression), img.size, resized
+
+
+def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether scaling ``a`` to ``b`` loses or adds under one pixel on either axis."""
+    return abs(a[0] * b[1] - a[1] * b[0]) < max(a[0] * b[1], a[1] * b[0]) / min(b)
+
+
+def edge_color(img: Image.Image, size: tuple[int, int]) -> tuple[int, int, int]:
+    """The mean colour of the image's edges that padding to ``size`` will
+    continue (top and bottom for bars above and below, else left and right),
+    over a strip of about 1/32 of the image."""
+    rgb = img.convert("RGB")
+    w, h = rgb.size
+    if w * size[1] >= h * size[0]:  # wider than the target: bars above and below
+        t = max(1, h // 32)
+        strips = [rgb.crop((0, 0, w, t)), rgb.crop((0, h - t, w, h))]
+    else:
+        t = max(1, w // 32)
+        strips = [rgb.crop((0, 0, t, h)), rgb.crop((w - t, 0, w, h))]
+    count = sum(s.width * s.height for s in strips)
+    sums = [sum(ImageStat.Stat(s).sum[c] for s in strips) for c in range(3)]
+    return (round(sums[0] / count), round(sums[1] / count), round(sums[2] / count))
+
+
+def pad(img: Image.Image, size: tuple[int, int], color: tuple[int, int, int, int] | None) -> Image.Image:
+    """Scale ``img`` to fit inside ``size``, centred, and fill the rest with
+    ``color`` (None: the mean colour of the image's edge)."""
+    fill = color if color is not None else (*edge_color(img, size), 255)
+    has_alpha = img.mode in ("RGBA", "LA", "P") and ("A" in img.getbands() or "transparency" in img.info)
+    mode = "RGBA" if fill[3] < 255 or has_alpha else "RGB"
+    return ImageOps.pad(img.convert(mode), size, Image.Resampling.LANCZOS, color=fill if mode == "RGBA" else fill[:3])

@@ -153,13 +153,13 @@ def test_fallback_model_serves_when_deployments_are_exhausted(gw: Running, ups: 
     )
 
 
-@pytest.mark.parametrize("model,status,served_by", [("strict", 400, None), ("lenient", 200, "backup")])
+@pytest.mark.parametrize("model,status,answered_by", [("strict", 400, "strict"), ("lenient", 200, "backup")])
 def test_fallback_only_for_the_listed_error_kinds(gw: Running, ups: dict[str, OpenAIStandIn], model: str, status: int,
-                                                  served_by: str | None) -> None:  # fmt: skip
+                                                  answered_by: str) -> None:  # fmt: skip
     ups["a"].script.append(POLICY400)
     r = gen(gw, model)
     assert r.status_code == status
-    assert r.headers.get("x-imagegate-model") == served_by
+    assert r.headers.get("x-imagegate-model") == answered_by  # an error answer too says which model's it is
 
 
 def test_fallbacks_respect_the_keys_allowed_models(gw: Running, ups: dict[str, OpenAIStandIn]) -> None:
@@ -183,7 +183,7 @@ def test_fallbacks_respect_the_keys_allowed_models(gw: Running, ups: dict[str, O
     only_cheap = key(["cheap"])
     r = call(only_cheap["key"])
     assert r.status_code == 500 and r.json()["error"]["message"] == "boom", r.text
-    assert "x-imagegate-model" not in r.headers and ups["b"].received == []
+    assert r.headers["x-imagegate-model"] == "cheap" and ups["b"].received == []  # the error is cheap's own
     assert usage(only_cheap["id"]) == [("cheap", 1, 1)]
 
     # and its reservation is cheap's $0.01, not the fallback's $0.50, which a $0.05 budget could not cover
