@@ -268,7 +268,7 @@ def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  #
     _print(run_db(_settings(config_path), work), as_json)
 
 
-@click.command("usage")
+@click.group("usage", invoke_without_command=True)
 @CONFIG
 @click.option("--by", "group_by", default="key,model,day", show_default=True,
               help="Comma-separated: key, team, model, day, provider, endpoint.")  # fmt: skip
@@ -276,8 +276,11 @@ def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  #
 @click.option("--until", type=click.DateTime(), help="To this UTC time (exclusive).")
 @click.option("--key", "key_id", help="Only this key id.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def usage_command(config_path, group_by, since, until, key_id, fmt) -> None:  # noqa: ANN001
-    """Sum requests, images, tokens and cost."""
+@click.pass_context
+def usage_command(ctx, config_path, group_by, since, until, key_id, fmt) -> None:  # noqa: ANN001
+    """Sum requests, images, tokens and cost (or: usage reprice)."""
+    if ctx.invoked_subcommand is not None:
+        return
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
 
     async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
@@ -289,6 +292,46 @@ def usage_command(config_path, group_by, since, until, key_id, fmt) -> None:  # 
     rows = run_db(_settings(config_path), work)
     out = {"table": usage.to_table, "csv": usage.to_csv, "json": lambda r: json.dumps(r, indent=2)}[fmt](rows)
     click.echo(out.rstrip("\n"))
+
+
+@usage_command.command("reprice")
+@CONFIG
+@click.option("--since", type=click.DateTime(), required=True, help="Rows from this UTC time (inclusive).")
+@click.option("--until", type=click.DateTime(), help="To this UTC time (exclusive).")
+@click.option("--model", help="Only this (public) model's rows.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@AS_JSON
+def usage_reprice(config_path, since, until, model, dry_run, as_json) -> None:  # noqa: ANN001
+    """Cost usage rows again at the current prices (after adding a price).
+
+    Recomputes the cost of each successful request in the window from the
+    tokens, images, size and quality its row kept, with the config's
+    pricing: and the shipped prices, and reports the changes by key and
+    model. Keys' and teams' spent budgets are not changed."""
+    from imagegate.accounting.reprice import price_lookup, reprice
+
+    settings = _settings(config_path)
+    price_of = price_lookup(settings.pricing, _rules_names(settings))
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return await reprice(session, price_of, _utc(since), _utc(until), model, dry_run=dry_run)  # type: ignore[arg-type]
+
+    report = run_db(settings, work)
+    click.echo(json.dumps(report.view(), indent=2) if as_json else report.text())
+
+
+def _rules_names(settings: Settings) -> dict[str, str]:
+    """Each configured model's catalog rules name (prices may be set by it)."""
+    from imagegate.errors import ConfigError
+    from imagegate.gateway.routes import rules_for
+
+    names = {}
+    for name in settings.models:
+        try:
+            names[name] = rules_for(settings, name).name
+        except ConfigError:
+            continue
+    return names
 
 
 @click.group("virtual-keys")

@@ -14,6 +14,10 @@ overrides or adds any model. Two kinds:
 Two figures per request: :func:`worst_case` (reserved against budgets at
 admission, an upper bound) and :func:`actual` (settled when it completes).
 Amounts are integer nano-dollars (see ``money.py``).
+
+The usage a provider reports is kept with the cost (:class:`Cost`, then the
+usage row) whatever the price, none included, so that :func:`recompute`
+can cost a row again once a price is added (``imagegate usage reprice``).
 """
 
 from __future__ import annotations
@@ -111,6 +115,49 @@ class Cost:
     input_text_tokens: int | None = None
     input_image_tokens: int | None = None
     output_tokens: int | None = None
+    # The output tokens billed at the image and the text rate (from reported usage only).
+    output_image_tokens: int | None = None
+    output_text_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Token counts as a token price applies to them."""
+
+    text_in: int
+    image_in: int
+    image_out: int
+    text_out: int = 0
+
+
+def billed(usage: Usage) -> Tokens:
+    """A reported usage as billed. Never below zero, whatever an upstream
+    reports (the gateway rejects such answers before they get here; this is
+    the last line). Undetailed input is billed as text, undetailed output as
+    image."""
+    text_in = max(0, usage.input_text_tokens)
+    image_in = max(0, usage.input_image_tokens)
+    text_in += max(0, usage.input_tokens - text_in - image_in)
+    if usage.output_image_tokens is not None or usage.output_text_tokens is not None:
+        return Tokens(text_in, image_in, max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0))
+    return Tokens(text_in, image_in, max(0, usage.output_tokens))
+
+
+def token_cost(price: PerToken, tokens: Tokens) -> int:
+    nusd = (
+        tokens.text_in * price.text_input
+        + tokens.image_in * price.image_input
+        + tokens.image_out * price.image_output
+        + tokens.text_out * price.text_output
+    )
+    return max(0, nusd)
+
+
+def per_image_cost(price: PerImage, quality: str | None, size: str | None, images: int) -> int:
+    each = price.price(quality, size)
+    if each is None:  # quality/size outside the table: the most it could be
+        each = max([p for (q, _), p in price.table.items() if q == quality] or [price.most()])
+    return images * each
 
 
 def _resolve_quality(price: Price, asked: str) -> list[str]:
@@ -157,36 +204,74 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
 
 
 def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage | None, meta: ImageMeta) -> Cost:
-    """What the completed request costs: from usage when there is one."""
-    if price is None:
-        return Cost(0, estimated=True)
+    """What the completed request costs: from usage when there is one. The
+    reported usage is kept in the Cost whatever the price (none included)."""
     quality = meta.quality or request.quality
     size = meta.size or request.size
-    if isinstance(price, PerImage):
-        each = price.price(quality, size)
-        if each is None:  # quality/size outside the table: the most it could be
-            each = max([p for (q, _), p in price.table.items() if q == quality] or [price.most()])
-        return Cost(images * each)
-    if usage is not None:
-        # Never below zero, whatever an upstream reports (the gateway rejects
-        # such answers before they get here; this is the last line).
-        text_in = max(0, usage.input_text_tokens)
-        image_in = max(0, usage.input_image_tokens)
-        text_in += max(0, usage.input_tokens - text_in - image_in)  # undetailed input: text rate
-        if usage.output_image_tokens is not None or usage.output_text_tokens is not None:
-            image_out, text_out = max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0)
-        else:
-            image_out, text_out = max(0, usage.output_tokens), 0
-        nusd = (
-            text_in * price.text_input
-            + image_in * price.image_input
-            + image_out * price.image_output
-            + text_out * price.text_output
+    tokens = billed(usage) if usage is not None else None
+    reported = {}
+    if usage is not None and tokens is not None:
+        reported = dict(
+            input_text_tokens=tokens.text_in,
+            input_image_tokens=tokens.image_in,
+            output_tokens=max(0, usage.output_tokens),
+            output_image_tokens=tokens.image_out,
+            output_text_tokens=tokens.text_out,
         )
-        return Cost(max(0, nusd), False, text_in, image_in, max(0, usage.output_tokens))
+    if price is None:
+        return Cost(0, True, **reported)
+    if isinstance(price, PerImage):
+        return Cost(per_image_cost(price, quality, size, images), False, **reported)
+    if tokens is not None:
+        return Cost(token_cost(price, tokens), False, **reported)
     out = images * (_output_tokens(price, quality, size) + PARTIAL_IMAGE_TOKENS * request.partial_images)
     text_in = math.ceil(len(request.prompt) / CHARS_PER_TOKEN)
     return Cost(out * price.image_output + text_in * price.text_input, True, text_in, None, out)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a usage row keeps of a request, enough to cost it again."""
+
+    images: int
+    quality: str | None
+    size: str | None
+    input_text_tokens: int | None
+    input_image_tokens: int | None
+    output_tokens: int | None
+    output_image_tokens: int | None
+    output_text_tokens: int | None
+    estimated: bool
+
+
+def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
+    """``(nano-dollars, estimated)`` for a recorded request at ``price``: what
+    :func:`actual` charges, from what the row kept. Reported usage is billed
+    exactly; the gateway's own token estimate (or a row from before the output
+    split was kept, its output billed at the image rate) is billed as
+    estimated before; a row with no tokens is estimated from the published
+    token counts (its prompt is not kept: no text tokens)."""
+    if isinstance(price, PerImage):
+        return per_image_cost(price, row.quality, row.size, row.images), False
+    text_in, image_in = row.input_text_tokens or 0, row.input_image_tokens or 0
+    if row.output_image_tokens is not None or row.output_text_tokens is not None:  # reported usage
+        tokens = Tokens(text_in, image_in, row.output_image_tokens or 0, row.output_text_tokens or 0)
+        return token_cost(price, tokens), False
+    if row.output_tokens is not None:
+        return token_cost(price, Tokens(text_in, image_in, row.output_tokens)), row.estimated
+    out = row.images * _output_tokens(price, row.quality or "high", row.size or "auto")
+    return out * price.image_output, True
+
+
+def find_price(configured: Mapping[str, Price], *names: str | None) -> Price | None:
+    """The price of the first of ``names`` (upstream model, public model,
+    rules entry) in ``configured`` (the config's ``pricing:``), else in the
+    shipped table, in the same order."""
+    for table in (configured, BUILTIN):
+        for name in names:
+            if name is not None and name in table:
+                return table[name]
+    return None
 
 
 def price_from_config(cfg: Mapping[str, object]) -> Price:
@@ -212,4 +297,19 @@ def price_from_config(cfg: Mapping[str, object]) -> Price:
     return PerImage(default=to_nano(per_image))  # type: ignore[arg-type]
 
 
-__all__ = ["NANO", "BUILTIN", "Cost", "Price", "PerImage", "PerToken", "actual", "worst_case", "price_from_config"]
+__all__ = [
+    "NANO",
+    "BUILTIN",
+    "Cost",
+    "Price",
+    "PerImage",
+    "PerToken",
+    "Recorded",
+    "Tokens",
+    "actual",
+    "billed",
+    "find_price",
+    "recompute",
+    "worst_case",
+    "price_from_config",
+]

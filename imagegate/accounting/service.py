@@ -365,6 +365,8 @@ class Accounting:
             input_text_tokens=cost.input_text_tokens if cost else None,
             input_image_tokens=cost.input_image_tokens if cost else None,
             output_tokens=cost.output_tokens if cost else None,
+            output_image_tokens=cost.output_image_tokens if cost else None,
+            output_text_tokens=cost.output_text_tokens if cost else None,
             cost_nusd=charged,
             cost_estimated=bool(cost and cost.estimated),
             latency_ms=int((time.monotonic() - admission.started) * 1000),

@@ -92,6 +92,11 @@ class UsageRecord(Base):
     input_text_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     input_image_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The output tokens as billed at the image and the text rate, from the
+    # upstream's usage (NULL: it reported none). Stored for unpriced models
+    # too, so `imagegate usage reprice` can cost them once a price is added.
+    output_image_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_text_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cost_nusd: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_ms: Mapped[int] = mapped_column(Integer)
