@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from imagegate import __version__
-from imagegate.api import admin, files, images, meta
+from imagegate.api import admin, files, images, meta, openapi
 from imagegate.api.docs import install_docs
 from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import build_middleware
@@ -43,6 +43,7 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
         middleware=build_middleware(int(settings.server.max_body_mb * 1024 * 1024), settings.server.cors),
         docs_url=None,  # served by api.docs, with local assets
         redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationId: the route function's name
     )
     app.state.service = service
     install_error_handlers(app)
@@ -50,5 +51,6 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
     app.include_router(files.router)
     app.include_router(meta.router)
     app.include_router(admin.router)
+    openapi.install(app, settings)
     install_docs(app)
     return app

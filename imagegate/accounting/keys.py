@@ -44,13 +44,23 @@ class KeySpec:
     is_admin: bool | None = None
 
 
+# Upper bounds, so a value always fits the database's 64-bit integers (nano-dollars).
+MAX_BUDGET_USD = 1_000_000_000
+MAX_PER_MINUTE = 1_000_000_000
+
+
+def _check_number(name: str, value: float | None, most: float) -> None:
+    if value is not None and value < 0:
+        raise InvalidRequestError(f"'{name}' cannot be negative.", param=name)
+    if value is not None and not value <= most:  # NaN too
+        raise InvalidRequestError(f"'{name}' cannot be more than {most:,}.", param=name)
+
+
 def _check(spec: KeySpec) -> None:
     if spec.budget_period is not None and spec.budget_period not in PERIODS:
         raise InvalidRequestError(f"budget_period must be one of {', '.join(PERIODS)}.", param="budget_period")
-    for name in ("rpm", "ipm", "budget_usd"):
-        value = getattr(spec, name)
-        if value is not None and value < 0:
-            raise InvalidRequestError(f"'{name}' cannot be negative.", param=name)
+    for name, most in (("rpm", MAX_PER_MINUTE), ("ipm", MAX_PER_MINUTE), ("budget_usd", MAX_BUDGET_USD)):
+        _check_number(name, getattr(spec, name), most)
 
 
 async def ensure_team(session: AsyncSession, name: str) -> Team:
@@ -153,6 +163,7 @@ async def update_team(
 ) -> Team:
     if period is not None and period not in PERIODS:
         raise InvalidRequestError(f"budget_period must be one of {', '.join(PERIODS)}.", param="budget_period")
+    _check_number("budget_usd", budget_usd, MAX_BUDGET_USD)
     team = await ensure_team(session, name)
     if budget_usd is not None:
         team.budget_nusd = to_nano(budget_usd)

@@ -37,9 +37,9 @@ class KeyCreate(_Body):
     team: str | None = Field(None, max_length=128)
     models: list[str] | None = None
     expires_at: datetime | None = None
-    rpm: int | None = Field(None, ge=1)
-    ipm: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=1, le=keys.MAX_PER_MINUTE)
+    ipm: int | None = Field(None, ge=1, le=keys.MAX_PER_MINUTE)
+    budget_usd: float | None = Field(None, ge=0, le=keys.MAX_BUDGET_USD)
     budget_period: Period = "total"
     admin: bool = False
 
@@ -50,16 +50,16 @@ class KeyUpdate(_Body):
     models: list[str] | None = None
     expires_at: datetime | None = None
     enabled: bool | None = None
-    rpm: int | None = Field(None, ge=1)
-    ipm: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=1, le=keys.MAX_PER_MINUTE)
+    ipm: int | None = Field(None, ge=1, le=keys.MAX_PER_MINUTE)
+    budget_usd: float | None = Field(None, ge=0, le=keys.MAX_BUDGET_USD)
     budget_period: Period | None = None
     admin: bool | None = None
     clear: list[Clearable] = []
 
 
 class TeamUpdate(_Body):
-    budget_usd: float | None = Field(None, ge=0)
+    budget_usd: float | None = Field(None, ge=0, le=keys.MAX_BUDGET_USD)
     budget_period: Period | None = None
     clear_budget: bool = False
 

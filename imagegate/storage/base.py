@@ -42,9 +42,7 @@ class StorageUsage:
     evicted: int  # objects deleted early, to keep under max_bytes, since the start
 
 
-def oldest_first(
-    entries: list[tuple[float, int, str]], total: int, max_bytes: int | None, keep: str | None = None
-) -> list[str]:
+def oldest_first(entries: list[tuple[float, int, str]], total: int, max_bytes: int | None, keep: str | None = None) -> list[str]:
     """Which of ``entries`` ((created, size, key), any order) to delete,
     oldest first, to bring ``total`` from over ``max_bytes`` down to
     ``TRIM_TO`` of it; nothing while it is not over. ``keep`` is never chosen."""

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from imagegate.errors import ServiceUnavailableError
-from imagegate.storage.base import Storage, StoredObject, StorageUsage, content_type_for, new_key, oldest_first
+from imagegate.storage.base import Storage, StorageUsage, StoredObject, content_type_for, new_key, oldest_first
 
 log = logging.getLogger("imagegate.storage")
 

@@ -67,7 +67,10 @@ def test_a_disallowed_origin_gets_no_cors_headers(cors_server: Running) -> None:
     assert r.status_code == 400
     assert not any(h.startswith("access-control-") for h in r.headers)
     assert r.json()["error"] == {
-        "message": "Disallowed CORS origin.", "type": "invalid_request_error", "param": None, "code": "cors_preflight_refused",
+        "message": "Disallowed CORS origin.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "cors_preflight_refused",
     }
     actual = httpx.post(
         f"{cors_server.base_url}/v1/images/generations",
@@ -93,7 +96,9 @@ def test_an_allowed_origin_reads_the_answer_and_the_imagegate_headers(cors_serve
     bad = httpx.post(f"{cors_server.base_url}/v1/images/generations", json={}, headers={"Origin": APP})
     assert bad.status_code == 400 and bad.headers["access-control-allow-origin"] == APP
     big = httpx.post(
-        f"{cors_server.base_url}/v1/images/generations", content=b"x" * 1_100_000, headers={"Origin": APP, "Content-Type": "application/json"}
+        f"{cors_server.base_url}/v1/images/generations",
+        content=b"x" * 1_100_000,
+        headers={"Origin": APP, "Content-Type": "application/json"},
     )
     assert big.status_code == 413 and big.headers["access-control-allow-origin"] == APP
 

@@ -54,7 +54,12 @@ def test_the_root_page_links_to_the_docs_and_health(server: Running) -> None:
     body = as_json.json()
     assert body["name"] == "imagegate" and body["version"]
     assert body["links"] == {
-        "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "models": "/v1/models", "healthz": "/healthz", "readyz": "/readyz",
+        "docs": "/docs",
+        "redoc": "/redoc",
+        "openapi": "/openapi.json",
+        "models": "/v1/models",
+        "healthz": "/healthz",
+        "readyz": "/readyz",
     }
     for link in body["links"].values():
         assert httpx.get(f"{server.base_url}{link}").status_code == 200, link
@@ -105,5 +110,5 @@ def test_swagger_ui_renders_offline_in_a_browser(server: Running, tmp_path: Path
 
 def test_redoc_renders_offline_in_a_browser(server: Running, tmp_path: Path) -> None:
     dom, requested = _render(f"{server.base_url}/redoc", tmp_path)
-    assert "Create Image Edit" in dom and "/v1/images/generations" in dom
+    assert "Edit or extend images" in dom and "/v1/images/generations" in dom
     assert all(u.startswith(server.base_url + "/") for u in requested), requested

@@ -20,7 +20,9 @@ def _stored(root: Path) -> int:
 
 
 def test_the_oldest_images_expire_first_when_the_store_is_full(make_server: Callable[[dict[str, Any]], Running]) -> None:
-    running = make_server({**BASE_CONFIG, "storage": {**BASE_CONFIG["storage"], "max_gb": 0.0005}, "auth": {"master_key": MASTER}})
+    running = make_server(
+        {**BASE_CONFIG, "storage": {**BASE_CONFIG["storage"], "max_gb": 0.0005}, "auth": {"master_key": MASTER}}
+    )
     client = running.sdk(api_key=MASTER)
     urls = []
     for i in range(16):  # about 50 KB each: some 800 KB in all
