@@ -369,7 +369,7 @@ class ImageService:
         try:
             removed = await self.storage.sweep(time.time() - self.signer.ttl_seconds)
             if removed:
-                log.info("swept %d expired image(s)", removed)
+                log.info("swept %d image(s): expired, or the oldest over storage.max_gb", removed)
         except Exception as exc:
             log.warning("sweeping expired images failed, retrying on the next sweep: %s", exc)
         try:
