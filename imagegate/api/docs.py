@@ -104,7 +104,8 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{STATIC}/favicon.png",
             oauth2_redirect_url=root + oauth2_redirect,
             # validatorUrl null: no badge fetched from the online validator.
-            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True, "displayRequestDuration": True},
+            # No persistAuthorization: a key typed into "Authorize" is not kept in the browser's storage.
+            swagger_ui_parameters={"validatorUrl": None, "displayRequestDuration": True},
         )
         page.headers.update(_PAGE_HEADERS)
         return page
