@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.accounting import budgets, keys, reservations
 from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import BUILTIN, Price, actual, price_from_config, worst_case
+from imagegate.accounting.prices import Price, actual, find_price, price_from_config, worst_case
 from imagegate.accounting.ratelimit import RateLimiter
 from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
@@ -243,13 +243,7 @@ class Accounting:
     # -- prices -------------------------------------------------------------------
 
     def price_for(self, public: str, upstream: str, rules: str) -> Price | None:
-        for name in (upstream, public, rules):
-            if name in self._prices:
-                return self._prices[name]
-        for name in (upstream, public, rules):
-            if name in BUILTIN:
-                return BUILTIN[name]
-        return None
+        return find_price(self._prices, upstream, public, rules)
 
     # -- admission and settlement -------------------------------------------------
 
