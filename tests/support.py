@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -192,6 +192,21 @@ def _limit_file_size(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: write() raises
 
 
+def wait_healthy(base_url: str, proc: subprocess.Popen[Any], log: Callable[[], str], seconds: float = 60) -> None:
+    """Until ``base_url`` answers /healthz; a process that exits or never
+    answers fails with its log."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"imagegate serve did not start:\n{log()}")
+        time.sleep(0.05)
+
+
 @contextmanager
 def serve_process(
     config: dict[str, Any],
@@ -219,16 +234,7 @@ def serve_process(
         )  # fmt: skip
     running = ServerProcess(f"http://127.0.0.1:{port}", Path(config["server"]["data_dir"]), config_path, log_path, proc)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{running.base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagegate serve did not start:\n{running.log()}")
-            time.sleep(0.05)
+        wait_healthy(running.base_url, proc, running.log)
         yield running
     finally:
         if proc.poll() is None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from support import BASE_CONFIG, _free_port
+from support import BASE_CONFIG, _free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -53,16 +53,7 @@ def _serve(cwd: Path, env: dict[str, str], *args: str) -> Iterator[tuple[str, su
                             stdout=log, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagegate serve did not start:\n{(cwd / 'serve.log').read_text()}")
-            time.sleep(0.05)
+        wait_healthy(base, proc, (cwd / "serve.log").read_text)
         yield base, proc
     finally:
         proc.terminate()
