@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from imagegate.accounting.money import NANO, to_nano
 from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
-from imagegate.providers.base import ImageMeta, Usage
+from imagegate.contract.results import ImageMeta, Usage
 
 # Output image tokens per image, by quality and size (GPT image models).
 GPT_IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {

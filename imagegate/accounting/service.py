@@ -40,6 +40,7 @@ from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
+from imagegate.contract.results import Deployment, ImageMeta, Usage
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade_async
 from imagegate.db.models import UsageRecord, aware, utcnow
@@ -50,7 +51,6 @@ from imagegate.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
-from imagegate.providers.base import Deployment, ImageMeta, Usage
 
 log = logging.getLogger("imagegate.accounting")
 

@@ -21,8 +21,8 @@ import logging
 from dataclasses import replace
 
 from imagegate.contract.requests import ImageRequest
+from imagegate.contract.results import ProviderResult, Usage
 from imagegate.errors import UpstreamError
-from imagegate.providers.base import ProviderResult, Usage
 
 log = logging.getLogger("imagegate.gateway")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageUsage, InputTokensDetails, OutputTokensDetails
+from imagegate.contract.results import GeneratedImage, Usage
 from imagegate.errors import UpstreamError
 from imagegate.imaging.convert import Target, conform, matches, same_aspect
 from imagegate.imaging.probe import ImageInfo, ImageProbeError, probe
-from imagegate.providers.base import GeneratedImage, Usage
 
 log = logging.getLogger("imagegate.gateway")
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from imagegate.config import RoutingConfig, Settings
 from imagegate.contract import catalog
 from imagegate.contract.catalog import ModelSpec
+from imagegate.contract.results import Deployment
 from imagegate.errors import ConfigError
 from imagegate.gateway.routing import Pool, Slot
-from imagegate.providers.base import Deployment
 from imagegate.providers.registry import provider_class, validate_provider_options
 
 

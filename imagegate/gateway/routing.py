@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 from imagegate.config import RETRYABLE_KINDS, RoutingConfig
 from imagegate.contract.requests import ImageRequest
+from imagegate.contract.results import Deployment
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
-from imagegate.providers.base import Deployment
 
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked", "image_generation_user_error"})
 

@@ -23,6 +23,7 @@ from imagegate.config import Settings
 from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
+from imagegate.contract.results import CompletedImage, Deployment, ImageMeta, PartialImage, ProviderResult, Usage
 from imagegate.contract.validate import ModelDirectory, retarget
 from imagegate.errors import GoneError, ImagegateError, InvalidRequestError, NotFoundError
 from imagegate.gateway.checks import check_usage, checked_result, warn_extra_images
@@ -30,16 +31,7 @@ from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.output import ResizePolicy, Shaped, shape_images, usage_out
 from imagegate.gateway.routes import Route, build_routes, fallback_chain, rules_for
 from imagegate.gateway.routing import Leg, Served, execute
-from imagegate.providers.base import (
-    CompletedImage,
-    Deployment,
-    ImageMeta,
-    PartialImage,
-    Provider,
-    ProviderContext,
-    ProviderResult,
-    Usage,
-)
+from imagegate.providers.base import Provider, ProviderContext
 from imagegate.providers.registry import build_provider
 from imagegate.storage.base import Storage, StoredObject
 from imagegate.storage.local import LocalStorage

@@ -27,18 +27,17 @@ from pydantic import Field, field_validator
 
 from imagegate.contract.catalog import EDITS, GENERATIONS, FreeSizeRule, parse_size, permissive, register
 from imagegate.contract.requests import ImageRequest
-from imagegate.imaging.convert import encode
-from imagegate.imaging.probe import decode_input
-from imagegate.providers.base import (
+from imagegate.contract.results import (
     CompletedImage,
     Deployment,
     GeneratedImage,
     ImageMeta,
     PartialImage,
-    Provider,
-    ProviderOptions,
     ProviderResult,
 )
+from imagegate.imaging.convert import encode
+from imagegate.imaging.probe import decode_input
+from imagegate.providers.base import Provider, ProviderOptions
 
 TEST_PATTERN_RULES = register(
     permissive("test-pattern", FreeSizeRule(multiple_of=1, max_edge=4096, max_pixels=4096 * 4096, min_pixels=64))

@@ -11,11 +11,11 @@ from PIL import Image
 
 from imagegate.contract import catalog
 from imagegate.contract.requests import GenerationFields, ImageRequest
+from imagegate.contract.results import GeneratedImage
 from imagegate.errors import InvalidImageError, UpstreamError
 from imagegate.gateway.output import shape_images
 from imagegate.imaging.convert import Target, conform
 from imagegate.imaging.probe import ImageProbeError, decode_input, probe
-from imagegate.providers.base import GeneratedImage
 from imagegate.storage.signing import SignatureExpired, SignatureInvalid, URLSigner
 from support import BROKEN_PNGS, decode_bytes, make_image, png_with_idat
 

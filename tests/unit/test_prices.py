@@ -10,8 +10,8 @@ from imagegate.accounting.money import to_nano, usd_str
 from imagegate.accounting.prices import BUILTIN, actual, price_from_config, worst_case
 from imagegate.contract import catalog
 from imagegate.contract.requests import EditFields, GenerationFields, ImageRequest, InputImage
+from imagegate.contract.results import ImageMeta, Usage
 from imagegate.imaging.probe import ImageInfo
-from imagegate.providers.base import ImageMeta, Usage
 
 
 def gen(model: str, **fields) -> ImageRequest:

@@ -9,7 +9,7 @@ import pytest
 from imagegate.accounting.prices import BUILTIN, Cost, Recorded, actual, price_from_config, recompute
 from imagegate.contract import catalog
 from imagegate.contract.requests import GenerationFields, ImageRequest
-from imagegate.providers.base import ImageMeta, Usage
+from imagegate.contract.results import ImageMeta, Usage
 
 DETAILED = Usage(
     1300, 1056, 2356, input_text_tokens=40, input_image_tokens=160, output_image_tokens=1000, output_text_tokens=50

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from imagegate.contract.results import Usage
 from imagegate.errors import ImagegateError, UpstreamError
 from imagegate.gateway.checks import MAX_TOKENS, check_usage
-from imagegate.providers.base import Usage
 from imagegate.providers.redact import redact, redact_error
 
 GOOD = Usage(input_tokens=200, output_tokens=1056, total_tokens=1256, input_text_tokens=40, input_image_tokens=160,

@@ -11,17 +11,16 @@ from typing import ClassVar
 
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
-from imagegate.errors import ConfigError, ImagegateError, RateLimitError
-from imagegate.providers.base import (
+from imagegate.contract.results import (
     CompletedImage,
     Deployment,
     GeneratedImage,
     ImageMeta,
     PartialImage,
-    Provider,
-    ProviderContext,
     ProviderResult,
 )
+from imagegate.errors import ConfigError, ImagegateError, RateLimitError
+from imagegate.providers.base import Provider, ProviderContext
 from imagegate.providers.local.batcher import Batch, Batcher, QueueFull
 from imagegate.providers.local.families import ModelInfo, describe_model, rules
 from imagegate.providers.local.options import DiffusersOptions

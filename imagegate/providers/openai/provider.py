@@ -21,16 +21,9 @@ from pydantic import Field, SecretStr, field_validator
 
 from imagegate.contract.catalog import GENERATIONS, MB, FreeSizeRule, permissive
 from imagegate.contract.requests import ImageRequest
+from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
-from imagegate.providers.base import (
-    CompletedImage,
-    Deployment,
-    GeneratedImage,
-    PartialImage,
-    Provider,
-    ProviderOptions,
-    ProviderResult,
-)
+from imagegate.providers.base import Provider, ProviderOptions
 from imagegate.providers.openai import wire
 from imagegate.providers.openai.fastjson import loads_images
 from imagegate.providers.redact import redact_error

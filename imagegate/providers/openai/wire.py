@@ -17,9 +17,9 @@ import orjson
 import pybase64
 
 from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.results import GeneratedImage, ImageMeta, ProviderResult, Usage
 from imagegate.errors import ImagegateError, UpstreamError
 from imagegate.imaging.probe import sniff_format
-from imagegate.providers.base import GeneratedImage, ImageMeta, ProviderResult, Usage
 from imagegate.providers.openai.fastjson import loads_images
 
 PATHS = {"generations": "/images/generations", "edits": "/images/edits", "variations": "/images/variations"}
