@@ -10,17 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from imagegate.accounting import keys, reservations, usage
+from imagegate.accounting import keys, usage
+from imagegate.accounting.admin import Admin
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import PerImage, PerToken
-from imagegate.accounting.vault import view
 from imagegate.api.deps import AdminDep, ServiceDep
 from imagegate.api.render import JSONBody
-from imagegate.errors import InvalidRequestError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -95,53 +94,46 @@ def _spec(body: KeyCreate | KeyUpdate) -> keys.KeySpec:
     )
 
 
-def _check_models(service: ServiceDep, models: list[str] | None) -> None:
-    unknown = [m for m in models or [] if m not in service.routes]
-    if unknown:
-        raise InvalidRequestError(f"Unknown model {unknown[0]!r}.", param="models", code="model_not_found")
+def _admin(service: ServiceDep) -> Admin:
+    """The admin operations on the server's database, checked against its models and providers."""
+    accounting = service.accounting
+    return Admin(
+        accounting.db, accounting.vault, models=service.routes, providers=service.providers, flush_usage=accounting.flush_usage
+    )
+
+
+AdminOps = Annotated[Admin, Depends(_admin)]
 
 
 @router.post("/keys", status_code=201, response_model=None)
-async def create_key(body: KeyCreate, service: ServiceDep, _: AdminDep) -> JSONBody:
-    _check_models(service, body.models)
-    async with service.accounting.db.transaction() as session:
-        key, secret = await keys.create_key(session, _spec(body))
-        view = keys.key_view(key)
-    return JSONBody({**view, "key": secret}, status_code=201)
+async def create_key(body: KeyCreate, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.create_key(_spec(body)), status_code=201)
 
 
 @router.get("/keys", response_model=None)
-async def list_keys(service: ServiceDep, _: AdminDep, team: str | None = None) -> JSONBody:
-    async with service.accounting.db.read() as session:
-        return JSONBody({"object": "list", "data": [keys.key_view(k) for k in await keys.list_keys(session, team)]})
+async def list_keys(admin: AdminOps, _: AdminDep, team: str | None = None) -> JSONBody:
+    return JSONBody({"object": "list", "data": await admin.list_keys(team)})
 
 
 @router.get("/keys/{ref}", response_model=None)
-async def show_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.read() as session:
-        return JSONBody(keys.key_view(await keys.get_key(session, ref)))
+async def show_key(ref: str, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.show_key(ref))
 
 
 @router.patch("/keys/{ref}", response_model=None)
-async def update_key(ref: str, body: KeyUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
-    _check_models(service, body.models)
-    async with service.accounting.db.transaction() as session:
-        key = await keys.update_key(session, ref, _spec(body), clear=set(body.clear))
-        return JSONBody(keys.key_view(key))
+async def update_key(ref: str, body: KeyUpdate, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.update_key(ref, _spec(body), clear=body.clear))
 
 
 @router.delete("/keys/{ref}", response_model=None)
-async def revoke_key(ref: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.transaction() as session:
-        return JSONBody(keys.key_view(await keys.revoke_key(session, ref)))
+async def revoke_key(ref: str, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.revoke_key(ref))
 
 
 @router.get("/reservations", response_model=None)
-async def list_reservations(service: ServiceDep, _: AdminDep, key: str | None = None) -> JSONBody:
+async def list_reservations(admin: AdminOps, _: AdminDep, key: str | None = None) -> JSONBody:
     """Budget reservations held by requests in flight (or left by a crash)."""
-    async with service.accounting.db.read() as session:
-        key_id = (await keys.get_key(session, key)).id if key else None
-        return JSONBody({"object": "list", "data": await reservations.list_held(session, key_id)})
+    return JSONBody({"object": "list", "data": await admin.list_reservations(key)})
 
 
 class ReleaseReservations(_Body):
@@ -150,30 +142,24 @@ class ReleaseReservations(_Body):
 
 
 @router.post("/reservations/release", response_model=None)
-async def release_reservations(body: ReleaseReservations, service: ServiceDep, _: AdminDep) -> JSONBody:
+async def release_reservations(body: ReleaseReservations, admin: AdminOps, _: AdminDep) -> JSONBody:
     """Give back reservations now (``imagegate keys release-reservations``)."""
-    async with service.accounting.db.transaction() as session:
-        key_id = (await keys.get_key(session, body.key)).id if body.key else None
-        count, total = await reservations.release_all(session, key_id, expired_only=body.expired_only)
-    return JSONBody({"released": count, "released_usd": usd_str(total)})
+    return JSONBody(await admin.release_reservations(body.key, expired_only=body.expired_only))
 
 
 @router.get("/teams", response_model=None)
-async def list_teams(service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.read() as session:
-        return JSONBody({"object": "list", "data": [keys.team_view(t) for t in await keys.list_teams(session)]})
+async def list_teams(admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody({"object": "list", "data": await admin.list_teams()})
 
 
 @router.put("/teams/{name}", response_model=None)
-async def update_team(name: str, body: TeamUpdate, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.transaction() as session:
-        team = await keys.update_team(session, name, body.budget_usd, body.budget_period, body.clear_budget)
-        return JSONBody(keys.team_view(team))
+async def update_team(name: str, body: TeamUpdate, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.update_team(name, body.budget_usd, body.budget_period, clear_budget=body.clear_budget))
 
 
 @router.get("/usage", response_model=None)
 async def usage_summary(
-    service: ServiceDep,
+    admin: AdminOps,
     _: AdminDep,
     group_by: Annotated[str, Query(description="comma-separated: key, team, model, day, provider, endpoint")] = "key,model,day",
     since: datetime | None = None,
@@ -182,20 +168,13 @@ async def usage_summary(
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    await service.accounting.flush_usage()  # include rows still waiting for their batch
-    try:
-        async with service.accounting.db.read() as session:
-            rows = await usage.summarize(session, groups, since, until, key)
-    except ValueError as exc:
-        raise InvalidRequestError(str(exc), param="group_by") from exc
+    rows = await admin.usage(groups, since, until, key)  # rows still waiting for their batch included
     if format == "csv":
         return Response(usage.to_csv(rows), media_type="text/csv")
     return JSONBody({"object": "list", "group_by": groups, "data": rows})
 
 
 def _price_view(price: PerImage | PerToken | None) -> dict[str, Any] | None:
-    from imagegate.accounting.money import usd_str
-
     if price is None:
         return None
     if isinstance(price, PerToken):
@@ -252,40 +231,27 @@ async def storage(service: ServiceDep, _: AdminDep) -> JSONBody:
 
 
 @router.put("/virtual-keys/{name}", response_model=None)
-async def put_virtual_key(name: str, body: VirtualKeyPut, service: ServiceDep, _: AdminDep) -> JSONBody:
-    if body.provider not in service.providers:
-        raise InvalidRequestError(f"No provider named {body.provider!r}.", param="provider")
-    async with service.accounting.db.transaction() as session:
-        vault = service.accounting.vault
-        row = await vault.put(session, name, body.provider, body.secret, teams=body.teams, key_refs=body.keys)
-        return JSONBody(view(row))
+async def put_virtual_key(name: str, body: VirtualKeyPut, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.put_virtual_key(name, body.provider, body.secret, teams=body.teams, key_refs=body.keys))
 
 
 @router.patch("/virtual-keys/{name}", response_model=None)
-async def change_virtual_key_owners(name: str, body: VirtualKeyOwners, service: ServiceDep, _: AdminDep) -> JSONBody:
+async def change_virtual_key_owners(name: str, body: VirtualKeyOwners, admin: AdminOps, _: AdminDep) -> JSONBody:
     """Who may use it: replace (``set``), add to (``grant``) or remove from
     (``revoke``) its teams and keys. No owners: admin keys only."""
-    async with service.accounting.db.transaction() as session:
-        vault = service.accounting.vault
-        row = await vault.owners(session, name, teams=body.teams, key_refs=body.keys, change=body.change)
-        return JSONBody(view(row))
+    return JSONBody(await admin.change_virtual_key_owners(name, teams=body.teams, key_refs=body.keys, change=body.change))
 
 
 @router.get("/virtual-keys", response_model=None)
-async def list_virtual_keys(service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.read() as session:
-        rows = await service.accounting.vault.names(session)
-        return JSONBody({"object": "list", "data": [view(r) for r in rows]})
+async def list_virtual_keys(admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody({"object": "list", "data": await admin.list_virtual_keys()})
 
 
 @router.get("/virtual-keys/{name}", response_model=None)
-async def show_virtual_key(name: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.read() as session:
-        return JSONBody(view(await service.accounting.vault.get(session, name)))
+async def show_virtual_key(name: str, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.show_virtual_key(name))
 
 
 @router.delete("/virtual-keys/{name}", response_model=None)
-async def delete_virtual_key(name: str, service: ServiceDep, _: AdminDep) -> JSONBody:
-    async with service.accounting.db.transaction() as session:
-        await service.accounting.vault.remove(session, name)
-    return JSONBody({"name": name, "deleted": True})
+async def delete_virtual_key(name: str, admin: AdminOps, _: AdminDep) -> JSONBody:
+    return JSONBody(await admin.delete_virtual_key(name))
