@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from imagegate.errors import ConfigError
+from imagegate.providers.registry import validate_provider_options
 
 ENV_PREFIX = "IMAGEGATE_"
 ENV_NESTING = "__"
@@ -431,9 +432,6 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from exc
-
-    from imagegate.providers.registry import validate_provider_options
-
     for name, provider in settings.providers.items():
         validate_provider_options(name, provider)
     return settings

@@ -3,17 +3,30 @@
 Modules are imported on first use, so a heavy provider (local diffusion
 models) costs nothing until a config names it. The core never branches on a
 provider's name: it asks this registry.
+
+It does not import :mod:`imagegate.config` (the config imports it, to check
+each provider's options while it loads): a provider's config entry is
+anything with a ``type`` and its ``options()`` (:class:`ProviderEntry`).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from imagegate.config import ProviderConfig
 from imagegate.errors import ConfigError
-from imagegate.providers.base import Provider, ProviderContext
+from imagegate.providers.base import Provider, ProviderContext, ProviderOptions
+
+
+class ProviderEntry(Protocol):
+    """A provider's entry in the config (``config.ProviderConfig``)."""
+
+    @property
+    def type(self) -> str: ...
+
+    def options(self) -> dict[str, Any]: ...
 
 # type -> "module:Class"
 _TYPES: dict[str, str] = {
@@ -46,7 +59,7 @@ def provider_class(type_name: str) -> type[Provider]:
         raise ConfigError(f"provider type {type_name!r} needs the Python package {exc.name!r}{hint}") from exc
 
 
-def validate_provider_options(name: str, config: ProviderConfig):
+def validate_provider_options(name: str, config: ProviderEntry) -> ProviderOptions:
     """Check a provider's options with its type's model; ConfigError names the key."""
     try:
         cls = provider_class(config.type)
@@ -61,6 +74,6 @@ def validate_provider_options(name: str, config: ProviderConfig):
         raise ConfigError(f"providers.{name}.{loc}: {msg}") from exc
 
 
-def build_provider(name: str, config: ProviderConfig, context: ProviderContext) -> Provider:
+def build_provider(name: str, config: ProviderEntry, context: ProviderContext) -> Provider:
     cls = provider_class(config.type)
     return cls(name, validate_provider_options(name, config), context)
