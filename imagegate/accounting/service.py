@@ -32,6 +32,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.accounting import budgets, keys, reservations
+from imagegate.accounting.caller import Caller
 from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import Price, actual, find_price, price_from_config, worst_case
@@ -53,29 +54,6 @@ from imagegate.errors import (
 )
 
 log = logging.getLogger("imagegate.accounting")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    kind: str  # anonymous | static | master | key
-    key_id: str | None = None
-    team: str | None = None
-    is_admin: bool = False
-    models: tuple[str, ...] | None = None
-    rpm: int | None = None
-    ipm: int | None = None
-    virtual_key: str | None = None
-    # Who this is, for scoping what callers must not share (idempotency
-    # keys): "key:<id>", "static:<digest prefix>", "master" or "anonymous".
-    identity: str = "anonymous"
-    # A database key's budget period, and whether a budget may apply to it
-    # (its own, or its team's): only then is a reservation held.
-    budget_period: str = "total"
-    budgeted: bool = False
-
-    def may_use(self, model: str) -> bool:
-        """Whether the key's allowed models (None: all) include ``model``."""
-        return self.models is None or model in self.models
 
 
 ANONYMOUS = Caller("anonymous")

@@ -13,18 +13,16 @@ cannot be probed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting import keys
+from imagegate.accounting.caller import Caller
 from imagegate.db.models import VirtualKey, utcnow
 from imagegate.errors import ImagegateError, InvalidRequestError, NotFoundError
-
-if TYPE_CHECKING:
-    from imagegate.accounting.service import Caller
 
 Change = Literal["set", "grant", "revoke"]
 
