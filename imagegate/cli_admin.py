@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
 
 import click
 
-from imagegate.accounting import keys, reservations, usage
-from imagegate.accounting.money import usd_str
-from imagegate.accounting.vault import Vault, new_encryption_key
-from imagegate.accounting.vault import view as vault_view
+from imagegate.accounting import keys, usage
+from imagegate.accounting.admin import Admin, View
+from imagegate.accounting.vault import Change, Vault, new_encryption_key
 from imagegate.config import Settings
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
@@ -38,21 +37,29 @@ def _settings(config_path: str | None) -> Settings:
     return load_or_exit(config_path)
 
 
-def run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Migrate, open a session in a transaction, run ``work(session)``."""
+# An error about one of these fields is about the option that gave it (exit status 2).
+OPTION_OF = {"group_by": "--by", "provider": "--provider"}
+
+
+def run_admin(settings: Settings, work: Callable[[Admin], Awaitable[T]]) -> T:
+    """Migrate, open the database, run ``work(admin)`` (the operations the
+    admin API runs too), close; an error is printed as click prints one."""
     upgrade(settings.database_url)
+    secret = settings.auth.encryption_key
+    vault = Vault(secret.get_secret_value() if secret else None)
 
     async def go() -> T:
         db = Database(settings.database_url)
         try:
-            async with db.transaction() as session:
-                return await work(session)
+            return await work(Admin(db, vault, providers=settings.providers))
         finally:
             await db.aclose()
 
     try:
         return asyncio.run(go())
     except ImagegateError as exc:
+        if exc.param in OPTION_OF:
+            raise click.BadParameter(exc.message, param_hint=OPTION_OF[exc.param]) from None
         raise click.ClickException(exc.message) from None
 
 
@@ -101,9 +108,12 @@ def key_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
+    """click's datetimes are naive; they mean UTC."""
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
@@ -122,13 +132,8 @@ def keys_create(config_path, name, team, models, expires, rpm, ipm, budget, peri
     """Create a key; its secret is printed once."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), rpm=rpm, ipm=ipm,
                         budget_usd=budget, budget_period=period, is_admin=admin)  # fmt: skip
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        key, secret = await keys.create_key(session, spec)
-        return {**keys.key_view(key), "key": secret}
-
     settings = _settings(config_path)
-    view = run_db(settings, work)
+    view = run_admin(settings, lambda admin: admin.create_key(spec))
     _print(view, as_json)
     if not as_json:
         click.echo("\nStore the key now: it is not shown again.", err=True)
@@ -158,11 +163,7 @@ def _warn_unless_enforced(settings: Settings) -> None:
 @AS_JSON
 def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
     """List keys (prefixes only, never secrets)."""
-
-    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
-        return [keys.key_view(k) for k in await keys.list_keys(session, team)]
-
-    rows = run_db(_settings(config_path), work)
+    rows = run_admin(_settings(config_path), lambda admin: admin.list_keys(team))
     columns = ("id", "name", "prefix", "team", "enabled", "rpm", "ipm", "budget_usd", "budget_period", "spent_usd")
     _print(rows if as_json else [{c: r[c] for c in columns} for r in rows], as_json)
 
@@ -173,11 +174,7 @@ def keys_list(config_path: str | None, team: str | None, as_json: bool) -> None:
 @AS_JSON
 def keys_show(config_path: str | None, ref: str, as_json: bool) -> None:
     """Show one key, by id (key_...) or prefix (ig-...)."""
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        return keys.key_view(await keys.get_key(session, ref))
-
-    _print(run_db(_settings(config_path), work), as_json)
+    _print(run_admin(_settings(config_path), lambda admin: admin.show_key(ref)), as_json)
 
 
 @keys_group.command("update")
@@ -193,11 +190,7 @@ def keys_update(config_path, ref, name, team, models, expires, rpm, ipm, budget,
     """Change a key's limits, budget, models, expiry or state."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), enabled=enable,
                         rpm=rpm, ipm=ipm, budget_usd=budget, budget_period=period)  # fmt: skip
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        return keys.key_view(await keys.update_key(session, ref, spec, clear=set(clear)))
-
-    _print(run_db(_settings(config_path), work), as_json)
+    _print(run_admin(_settings(config_path), lambda admin: admin.update_key(ref, spec, clear)), as_json)
 
 
 @keys_group.command("revoke")
@@ -205,11 +198,7 @@ def keys_update(config_path, ref, name, team, models, expires, rpm, ipm, budget,
 @click.argument("ref")
 def keys_revoke(config_path: str | None, ref: str) -> None:
     """Revoke a key for good."""
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        return keys.key_view(await keys.revoke_key(session, ref))
-
-    view = run_db(_settings(config_path), work)
+    view = run_admin(_settings(config_path), lambda admin: admin.revoke_key(ref))
     click.echo(f"revoked {view['id']} ({view['prefix']})")
 
 
@@ -228,13 +217,8 @@ def keys_release_reservations(config_path, ref, all_keys, expired_only, as_json)
     reservation is released is charged its real cost when it ends."""
     if (ref is None) == (not all_keys):
         raise click.UsageError("give a key (id or ig- prefix) or --all")
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        key_id = (await keys.get_key(session, ref)).id if ref else None
-        count, total = await reservations.release_all(session, key_id, expired_only=expired_only)
-        return {"released": count, "released_usd": usd_str(total)}
-
-    _print(run_db(_settings(config_path), work), as_json)
+    view = run_admin(_settings(config_path), lambda admin: admin.release_reservations(ref, expired_only=expired_only))
+    _print(view, as_json)
 
 
 @click.group("teams")
@@ -246,10 +230,7 @@ def teams_group() -> None:
 @CONFIG
 @AS_JSON
 def teams_list(config_path: str | None, as_json: bool) -> None:
-    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
-        return [keys.team_view(t) for t in await keys.list_teams(session)]
-
-    _print(run_db(_settings(config_path), work), as_json)
+    _print(run_admin(_settings(config_path), lambda admin: admin.list_teams()), as_json)
 
 
 @teams_group.command("set")
@@ -261,11 +242,8 @@ def teams_list(config_path: str | None, as_json: bool) -> None:
 @AS_JSON
 def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  # noqa: ANN001
     """Create a team or change its budget."""
-
-    async def work(session) -> dict[str, Any]:  # noqa: ANN001
-        return keys.team_view(await keys.update_team(session, name, budget, period, no_budget))
-
-    _print(run_db(_settings(config_path), work), as_json)
+    view = run_admin(_settings(config_path), lambda admin: admin.update_team(name, budget, period, clear_budget=no_budget))
+    _print(view, as_json)
 
 
 @click.group("usage", invoke_without_command=True)
@@ -282,14 +260,7 @@ def usage_command(ctx, config_path, group_by, since, until, key_id, fmt) -> None
     if ctx.invoked_subcommand is not None:
         return
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-
-    async def work(session) -> list[dict[str, Any]]:  # noqa: ANN001
-        try:
-            return await usage.summarize(session, groups, _utc(since), _utc(until), key_id)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--by") from None
-
-    rows = run_db(_settings(config_path), work)
+    rows = run_admin(_settings(config_path), lambda admin: admin.usage(groups, _utc(since), _utc(until), key_id))
     out = {"table": usage.to_table, "csv": usage.to_csv, "json": lambda r: json.dumps(r, indent=2)}[fmt](rows)
     click.echo(out.rstrip("\n"))
 
@@ -308,15 +279,11 @@ def usage_reprice(config_path, since, until, model, dry_run, as_json) -> None:  
     tokens, images, size and quality its row kept, with the config's
     pricing: and the shipped prices, and reports the changes by key and
     model. Keys' and teams' spent budgets are not changed."""
-    from imagegate.accounting.reprice import price_lookup, reprice
+    from imagegate.accounting.reprice import price_lookup
 
     settings = _settings(config_path)
     price_of = price_lookup(settings.pricing, _rules_names(settings))
-
-    async def work(session):  # noqa: ANN001, ANN202
-        return await reprice(session, price_of, _utc(since), _utc(until), model, dry_run=dry_run)  # type: ignore[arg-type]
-
-    report = run_db(settings, work)
+    report = run_admin(settings, lambda admin: admin.reprice(price_of, _utc(since), _utc(until), model, dry_run=dry_run))
     click.echo(json.dumps(report.view(), indent=2) if as_json else report.text())
 
 
@@ -360,26 +327,20 @@ def vkeys_add(
     import os
 
     settings = _settings(config_path)
-    if provider not in settings.providers:
-        raise click.BadParameter(f"no provider named {provider!r}", param_hint="--provider")
     secret = os.environ.get(secret_env)
     if not secret:
         raise click.BadParameter(f"{secret_env} is not set", param_hint="--secret-env")
-    key = settings.auth.encryption_key
-    vault = Vault(key.get_secret_value() if key else None)
-
-    async def work(session: Any) -> str:
-        return _owners(await vault.put(session, name, provider, secret, teams=_given(teams), key_refs=_given(key_refs)))
-
-    click.echo(f"stored virtual key {name!r} for provider {provider!r}; {run_db(settings, work)}")
+    view = run_admin(
+        settings, lambda admin: admin.put_virtual_key(name, provider, secret, teams=_given(teams), key_refs=_given(key_refs))
+    )
+    click.echo(f"stored virtual key {name!r} for provider {provider!r}; {_owners(view)}")
 
 
 def _given(values: tuple[str, ...]) -> list[str] | None:
     return list(values) if values else None
 
 
-def _owners(row: Any) -> str:
-    shown = vault_view(row)
+def _owners(shown: View) -> str:
     if not shown["teams"] and not shown["keys"]:
         return "usable by admin keys only"
     return f"usable by teams [{', '.join(shown['teams'])}], keys [{', '.join(shown['keys'])}] and admin keys"
@@ -390,25 +351,20 @@ def _owners(row: Any) -> str:
 @AS_JSON
 def vkeys_list(config_path: str | None, as_json: bool) -> None:
     """Virtual keys and their owners (never their secrets)."""
-
-    async def work(session: Any) -> list[dict[str, Any]]:
-        return [vault_view(r) for r in await Vault(None).names(session)]
-
-    rows = run_db(_settings(config_path), work)
+    rows = run_admin(_settings(config_path), lambda admin: admin.list_virtual_keys())
     if not as_json:
         rows = [{**r, "teams": ",".join(r["teams"]), "keys": ",".join(r["keys"])} for r in rows]
     _print(rows, as_json)
 
 
-def _change_owners(config_path: str | None, name: str, teams: tuple[str, ...], key_refs: tuple[str, ...], change: str) -> None:
+def _change_owners(config_path: str | None, name: str, teams: tuple[str, ...], key_refs: tuple[str, ...], change: Change) -> None:
     if not teams and not key_refs:
         raise click.UsageError("give at least one --team or --key")
-
-    async def work(session: Any) -> str:
-        row = await Vault(None).owners(session, name, teams=_given(teams), key_refs=_given(key_refs), change=change)  # type: ignore[arg-type]
-        return _owners(row)
-
-    click.echo(f"virtual key {name!r}: {run_db(_settings(config_path), work)}")
+    view = run_admin(
+        _settings(config_path),
+        lambda admin: admin.change_virtual_key_owners(name, teams=_given(teams), key_refs=_given(key_refs), change=change),
+    )
+    click.echo(f"virtual key {name!r}: {_owners(view)}")
 
 
 @vkeys_group.command("grant")
@@ -435,7 +391,7 @@ def vkeys_revoke(config_path: str | None, name: str, teams: tuple[str, ...], key
 @CONFIG
 @click.argument("name")
 def vkeys_remove(config_path: str | None, name: str) -> None:
-    run_db(_settings(config_path), lambda session: Vault(None).remove(session, name))
+    run_admin(_settings(config_path), lambda admin: admin.delete_virtual_key(name))
     click.echo(f"removed virtual key {name!r}")
 
 
