@@ -2,8 +2,10 @@
 
 The OpenAPI spec gives field names and types; the rules below are the ones it
 states only in prose (sizes, ``n``, prompt lengths, which fields a model takes,
-edit-input limits). Validation (``contract.validate``) reads this table and
-nothing else, so supporting a new model means adding a row, not an ``if``.
+edit-input limits). Fields outside the spec that a provider takes are declared
+in the model's entry too (``extra_fields``, see ``contract.fields``).
+Validation (``contract.validate``) reads this table and nothing else, so
+supporting a new model means adding a row, not an ``if``.
 
 Providers extend the table at import time with :func:`register` (for example
 the offline ``test-pattern`` model).
@@ -12,7 +14,11 @@ the offline ``test-pattern`` model).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from imagegate.contract.fields import FieldSpec
 
 MB = 1024 * 1024
 
@@ -20,7 +26,7 @@ GENERATIONS = "generations"
 EDITS = "edits"
 VARIATIONS = "variations"
 
-# Optional fields that only some models take. Fields every model takes
+# Optional spec fields that only some models take. Fields every model takes
 # (prompt, model, n, size, user, response_format) are not listed.
 GPT_IMAGE_FIELDS = frozenset(
     {
@@ -34,7 +40,29 @@ GPT_IMAGE_FIELDS = frozenset(
         "input_fidelity",
     }
 )
-EXTENSION_FIELDS = frozenset({"seed", "negative_prompt", "num_inference_steps", "guidance_scale"})
+SPEC_OPTIONAL_FIELDS = GPT_IMAGE_FIELDS | {"style"}
+_COMMON_FIELDS = frozenset({"model", "prompt", "n", "size", "user", "response_format", "image", "images", "mask"})
+
+# Fields outside the spec that diffusion models commonly take (local
+# diffusers models, the test model, OpenAI-compatible gateways in front of
+# FLUX or Stable Diffusion). A model takes them only if its entry lists them
+# in ``extra_fields``; a provider with fields of its own declares those the
+# same way.
+DIFFUSION_FIELDS: Mapping[str, FieldSpec] = MappingProxyType(
+    {
+        "seed": FieldSpec(
+            "int",
+            minimum=0,
+            maximum=2**32 - 1,
+            description="Seed of the random generator: the same seed and request give the same pixels.",
+        ),
+        "negative_prompt": FieldSpec("str", max_length=32000, description="What the image should not show."),
+        "num_inference_steps": FieldSpec("int", minimum=1, maximum=500, description="Denoising steps of a diffusion model."),
+        "guidance_scale": FieldSpec(
+            "float", minimum=0, maximum=100, description="Classifier-free guidance scale of a diffusion model."
+        ),
+    }
+)
 
 _SIZE_RE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 
@@ -90,15 +118,15 @@ class ModelSpec:
     prompt_max: int
     n_max: int = 10
     default_response_format: str = "b64_json"
-    accepts: frozenset[str] = frozenset()  # optional fields from GPT_IMAGE_FIELDS / style / extensions
+    # The optional fields the model takes: spec fields (SPEC_OPTIONAL_FIELDS)
+    # listed here, plus every name in extra_fields (added on creation).
+    accepts: frozenset[str] = frozenset()
     free_size: FreeSizeRule | None = None
     edit_input: InputRule | None = None
     variation_input: InputRule | None = None
     mask_max_bytes: int = 4 * MB
     # ImagesResponse carries size/quality/background/output_format for these.
     reports_output_meta: bool = False
-    # Streaming partial images (stream / partial_images).
-    streams: bool = False
     # Fields the gateway itself implements for this model and does not send
     # upstream (GPT image models take no response_format: the gateway hosts URLs).
     gateway_fields: frozenset[str] = frozenset()
@@ -106,6 +134,21 @@ class ModelSpec:
     transparency: bool = True
     # Edits take a mask (inpainting); else a clear 400 naming 'mask'.
     masks: bool = True
+    # Fields outside the spec the model's provider takes, each with its type
+    # and limits; any other field outside the spec is 400 unknown_parameter.
+    extra_fields: Mapping[str, FieldSpec] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        shadowed = set(self.extra_fields) & (SPEC_OPTIONAL_FIELDS | _COMMON_FIELDS)
+        if shadowed:
+            raise ValueError(f"{self.name}: extra_fields may not redefine spec fields ({', '.join(sorted(shadowed))})")
+        unknown = self.accepts - SPEC_OPTIONAL_FIELDS - set(self.extra_fields)
+        if unknown:
+            raise ValueError(
+                f"{self.name}: accepts names fields that are neither spec fields nor extra_fields: {sorted(unknown)}"
+            )
+        object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))
+        object.__setattr__(self, "accepts", self.accepts | frozenset(self.extra_fields))
 
     def allows_size(self, size: str) -> str | None:
         """None if ``size`` is fine for this model, else the reason."""
@@ -156,7 +199,6 @@ def _gpt_image(name: str, *, input_fidelity: bool = True, free_size: bool = Fals
         edit_input=_GPT_EDIT_INPUT,
         mask_max_bytes=50 * MB,
         reports_output_meta=True,
-        streams=True,
         gateway_fields=frozenset({"response_format"}),
     )
 
@@ -203,7 +245,7 @@ STANDARD_SIZES = ("auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x
 
 
 def permissive(name: str, free_size: FreeSizeRule) -> ModelSpec:
-    """Rules that accept every field of the spec and every extension, any
+    """Rules that accept every field of the spec and the diffusion fields, any
     standard size or ``WIDTHxHEIGHT`` within ``free_size``, any quality, all
     three endpoints, and png/webp/jpeg inputs: for models whose own rules are
     enforced elsewhere (an upstream's) or that take anything (test models)."""
@@ -215,11 +257,11 @@ def permissive(name: str, free_size: FreeSizeRule) -> ModelSpec:
         qualities=("auto", "low", "medium", "high", "standard", "hd"),
         default_quality="auto",
         prompt_max=32000,
-        accepts=GPT_IMAGE_FIELDS | EXTENSION_FIELDS | {"style"},
+        accepts=SPEC_OPTIONAL_FIELDS,
+        extra_fields=DIFFUSION_FIELDS,
         free_size=free_size,
         edit_input=ANY_IMAGE_INPUT,
         variation_input=InputRule(ANY_IMAGE_INPUT.formats, max_images=1, max_bytes=50 * MB),
         mask_max_bytes=50 * MB,
         reports_output_meta=True,
-        streams=True,
     )

@@ -57,7 +57,3 @@ class StreamEvent(_Out):
     output_format: str
     partial_image_index: int | None = None
     usage: ImageUsage | None = None
-
-    @property
-    def event_name(self) -> str:
-        return self.type

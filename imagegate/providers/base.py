@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -66,7 +66,6 @@ class ProviderContext:
     an upstream-supplied URL only through ``fetch_url``, never on its own."""
 
     max_image_pixels: int
-    extra: dict[str, object] = field(default_factory=dict)
     fetch_url: FetchURL | None = None
 
 

@@ -30,7 +30,7 @@ class ProviderEntry(Protocol):
 
 # type -> "module:Class"
 _TYPES: dict[str, str] = {
-    "test-pattern": "imagegate.providers.test_pattern:TestPatternProvider",
+    "test-pattern": "imagegate.providers.testpattern:PatternProvider",
     "openai": "imagegate.providers.openai.provider:OpenAIProvider",
     "diffusers": "imagegate.providers.local.provider:DiffusersProvider",
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegate.providers.test_pattern import caption_geometry
+from imagegate.providers.testpattern import caption_geometry
 from support import BASE_CONFIG, Running, decode_b64, run_server
 
 FIXED = {"type": "test-pattern", "formats": ["png"], "fixed_size": "640x480"}  # landscape, whatever is asked

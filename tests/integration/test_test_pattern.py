@@ -8,7 +8,7 @@ import base64
 import numpy as np
 from openai import OpenAI
 
-from imagegate.providers.test_pattern import caption_geometry
+from imagegate.providers.testpattern import caption_geometry
 from support import decode_b64, make_image
 
 LONG_PROMPT = "a lighthouse at dusk, oil painting, long waves breaking on the rocks, gulls, a very long prompt " * 3

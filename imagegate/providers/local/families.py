@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagegate.contract.catalog import (
+    DIFFUSION_FIELDS,
     EDITS,
-    EXTENSION_FIELDS,
     GENERATIONS,
     MB,
     VARIATIONS,
@@ -220,7 +220,7 @@ def rules(info: ModelInfo) -> ModelSpec:
     endpoints = {GENERATIONS}
     if family.image_to_image or family.edit_pipeline:
         endpoints |= {EDITS, VARIATIONS}
-    extensions = EXTENSION_FIELDS if family.negative_prompt else EXTENSION_FIELDS - {"negative_prompt"}
+    extensions = {k: v for k, v in DIFFUSION_FIELDS.items() if family.negative_prompt or k != "negative_prompt"}
     one_image = InputRule(_INPUT_FORMATS, max_images=1, max_bytes=50 * MB)
     return ModelSpec(
         name=f"diffusers:{info.name}",
@@ -230,7 +230,8 @@ def rules(info: ModelInfo) -> ModelSpec:
         qualities=QUALITIES,
         default_quality="auto",
         prompt_max=32000,
-        accepts=_ACCEPTS | extensions,
+        accepts=_ACCEPTS,
+        extra_fields=extensions,
         free_size=FreeSizeRule(
             multiple_of=1,
             max_edge=2 * info.native,
@@ -242,7 +243,6 @@ def rules(info: ModelInfo) -> ModelSpec:
         variation_input=one_image,
         mask_max_bytes=50 * MB,
         reports_output_meta=True,
-        streams=True,
         transparency=False,
         masks=family.inpainting,
     )

@@ -44,7 +44,7 @@ TEST_PATTERN_RULES = register(
 )
 
 
-class TestPatternOptions(ProviderOptions):
+class PatternOptions(ProviderOptions):
     # Formats rendered natively; others are converted by the gateway (set this
     # to [png] to see how a provider with one output format behaves).
     formats: list[Literal["png", "jpeg", "webp"]] = Field(default_factory=lambda: ["png", "jpeg", "webp"])
@@ -143,11 +143,11 @@ def _caption(img: Image.Image, lines: list[str], cover: int = 0) -> None:
         draw.text((pad, pad + i * (font_size + 4)), line, fill=ink, font=font)
 
 
-class TestPatternProvider(Provider):
+class PatternProvider(Provider):
     type_name: ClassVar[str] = "test-pattern"
-    options_model = TestPatternOptions
+    options_model = PatternOptions
     default_rules = TEST_PATTERN_RULES
-    options: TestPatternOptions
+    options: PatternOptions
 
     # -- helpers -----------------------------------------------------------
 
