@@ -6,13 +6,13 @@ fields); what the fields mean is the contract layer's business.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import Request
 
 from imagegate.api.multipart import Part, parse_multipart
+from imagegate.contract.build import FormBody
 from imagegate.errors import InvalidRequestError, UnsupportedMediaTypeError
 from imagegate.imaging.probe import sniff_format
 
@@ -57,13 +57,6 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-@dataclass(slots=True)
-class FormInput:
-    fields: dict[str, str] = field(default_factory=dict)
-    images: list[tuple[str, bytes]] = field(default_factory=list)
-    mask: tuple[str, bytes] | None = None
-
-
 def _is_file(part: Part) -> bool:
     """A file upload: sent with ``filename=``, or without one but holding an
     image (sniffed from its bytes) or anything that is not UTF-8 text, as
@@ -77,7 +70,7 @@ def _is_file(part: Part) -> bool:
     return False
 
 
-async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormInput:
+async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormBody:
     """Parse a multipart body. ``image`` and ``image[]`` parts (repeatable)
     collect into ``images``; ``mask`` is one file; every other part must be a
     text field, given once. Part file names are ignored, except that a part
@@ -89,7 +82,7 @@ async def read_form(request: Request, *, file_fields: tuple[str, ...]) -> FormIn
         max_text_bytes=MAX_TEXT_PART,
         file_names=frozenset(file_fields),
     )
-    out = FormInput()
+    out = FormBody()
     image_count = sum(1 for p in parts if p.name in IMAGE_FIELDS)
     if image_count > MAX_IMAGE_PARTS + 1:  # the contract names the model's own limit; this caps memory
         raise InvalidRequestError(

@@ -1,11 +1,12 @@
-"""``/v1/images/*``: parse the body, build a typed request, call the service, render."""
+"""``/v1/images/*``: read the body, have ``contract.build`` make a typed request
+of it, call the service, render."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -14,12 +15,12 @@ from starlette.responses import Response, StreamingResponse
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.service import Caller
 from imagegate.api import openapi
-from imagegate.api.bodies import IMAGE_FIELDS, FormInput, read_form, read_json_object, require_media_type
+from imagegate.api.bodies import IMAGE_FIELDS, read_form, read_json_object, require_media_type
 from imagegate.api.deps import CallerDep, ServiceDep, request_id
 from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
 from imagegate.api.render import JSONBody, sse
-from imagegate.contract.requests import ImageRequest
-from imagegate.contract.validate import check_rules, load_inputs, parse_fields, resolve_model
+from imagegate.contract.build import FormBody, RequestBuilder
+from imagegate.contract.requests import Endpoint, ImageRequest
 from imagegate.errors import ImagegateError, InvalidRequestError
 from imagegate.gateway.routing import Served
 from imagegate.gateway.service import ImageService
@@ -34,29 +35,16 @@ def _base_url(request: Request) -> str:
 
 
 async def _build(
-    service: ImageService,
-    caller: Caller,
-    http: Request,
-    endpoint: str,
-    raw: dict[str, Any],
-    *,
-    from_form: bool,
-    images: list[tuple[str, bytes]] | None = None,
-    mask: tuple[str, bytes] | None = None,
+    service: ImageService, caller: Caller, http: Request, endpoint: Endpoint, body: Mapping[str, Any] | FormBody
 ) -> ImageRequest:
-    name, spec = resolve_model(service.directory, endpoint, raw)  # a 404 for the model comes before any 400
-    fields = parse_fields(endpoint, raw, from_form=from_form)
-    check_rules(endpoint, fields, name, spec)
-    # The key's models and rate limits before the images are decoded and probed.
-    await service.accounting.check_limits(caller, ImageRequest(endpoint, name, spec, fields), request_id(http))  # type: ignore[arg-type]
-    inputs, mask_image = (), None
-    if images is not None:
-        inputs, mask_image = await load_inputs(
-            endpoint, name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels
-        )
-    elif mask is not None:
-        raise InvalidRequestError("A mask needs an image to apply to.", param="mask")
-    return ImageRequest(endpoint, name, spec, fields, inputs, mask_image)  # type: ignore[arg-type]
+    """The typed request (``contract.build``), admitted by the key's models and
+    rate limits before its images are fetched or decoded."""
+
+    async def admit(request: ImageRequest) -> None:
+        await service.accounting.check_limits(caller, request, request_id(http))
+
+    builder = RequestBuilder(service.directory, service.fetcher.load, service.settings.server.max_image_pixels)
+    return await builder.build(endpoint, body, admit)
 
 
 class _ClientGone(Exception):
@@ -182,82 +170,23 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
 @router.post("/generations", openapi_extra=openapi.GENERATIONS, response_model=None)
 async def create_image(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "application/json")
-    raw = await read_json_object(http)
-    request = await _build(service, caller, http, "generations", raw, from_form=False)
+    request = await _build(service, caller, http, "generations", await read_json_object(http))
     return await _respond(service, request, http, caller)
-
-
-async def _json_edit(service: ImageService, caller: Caller, http: Request, raw: dict[str, Any]) -> ImageRequest:
-    name, spec = resolve_model(service.directory, "edits", raw)  # a 404 for the model comes before any 400
-    refs = raw.pop("images", None)
-    mask_ref = raw.pop("mask", None)
-    if "image" in raw:
-        raise InvalidRequestError(
-            "JSON edit requests take 'images' (a list of {image_url}); 'image' is for multipart uploads.",
-            param="image",
-            code="unknown_parameter",
-        )
-    if refs is None:
-        raise InvalidRequestError("Missing required parameter: 'images'.", param="images", code="missing_required_parameter")
-    if not isinstance(refs, list) or not refs:
-        raise InvalidRequestError(
-            "'images' must be a non-empty array of {image_url} objects.", param="images", code="invalid_type"
-        )
-    # Check the cheap fields before fetching anything.
-    fields = parse_fields("edits", raw, from_form=False)
-    check_rules("edits", fields, name, spec)
-    limit = spec.edit_input.max_images if spec.edit_input else 0
-    if len(refs) > limit:
-        raise InvalidRequestError(
-            f"Too many images: model '{name}' takes at most {limit}, got {len(refs)}.", param="images", code="too_many_images"
-        )
-    # The key's models and rate limits before anything is fetched or decoded.
-    await service.accounting.check_limits(caller, ImageRequest("edits", name, spec, fields), request_id(http))  # type: ignore[arg-type]
-    images = [
-        (f"images[{i}]", await service.fetcher.load(_ref_url(ref, f"images[{i}]"), f"images[{i}]")) for i, ref in enumerate(refs)
-    ]
-    mask = ("mask", await service.fetcher.load(_ref_url(mask_ref, "mask"), "mask")) if mask_ref is not None else None
-    inputs, mask_image = await load_inputs("edits", name, spec, images, mask, max_pixels=service.settings.server.max_image_pixels)
-    return ImageRequest("edits", name, spec, fields, inputs, mask_image)
-
-
-def _ref_url(ref: Any, param: str) -> str:
-    if not isinstance(ref, dict):
-        raise InvalidRequestError(f"'{param}' must be an object with 'image_url'.", param=param, code="invalid_type")
-    if "file_id" in ref:
-        raise InvalidRequestError(
-            "File IDs are not supported here; send the image as 'image_url' (a data: or https URL).",
-            param=f"{param}.file_id",
-            code="unsupported_parameter",
-        )
-    extra = set(ref) - {"image_url"}
-    if extra:
-        name = sorted(extra)[0]
-        raise InvalidRequestError(f"Unknown parameter: '{param}.{name}'.", param=f"{param}.{name}", code="unknown_parameter")
-    url = ref.get("image_url")
-    if not isinstance(url, str) or not url:
-        raise InvalidRequestError(
-            f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url", code="missing_required_parameter"
-        )
-    return url
 
 
 @router.post("/edits", openapi_extra=openapi.EDITS, response_model=None)
 async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     kind = require_media_type(http, "multipart/form-data", "application/json")
     if kind == "application/json":
-        request = await _json_edit(service, caller, http, await read_json_object(http))
+        body: Mapping[str, Any] | FormBody = await read_json_object(http)
     else:
-        form: FormInput = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
-        request = await _build(
-            service, caller, http, "edits", dict(form.fields), from_form=True, images=form.images, mask=form.mask
-        )
+        body = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
+    request = await _build(service, caller, http, "edits", body)
     return await _respond(service, request, http, caller)
 
 
 @router.post("/variations", openapi_extra=openapi.VARIATIONS, response_model=None)
 async def create_image_variation(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "multipart/form-data")
-    form = await read_form(http, file_fields=IMAGE_FIELDS)
-    request = await _build(service, caller, http, "variations", dict(form.fields), from_form=True, images=form.images)
+    request = await _build(service, caller, http, "variations", await read_form(http, file_fields=IMAGE_FIELDS))
     return await _respond(service, request, http, caller)

@@ -24,7 +24,8 @@ from fastapi.openapi.utils import get_openapi
 
 from imagegate.api.openapi_answers import ALWAYS, HEADERS, component_schemas, error, image_responses, ref
 from imagegate.config import Settings
-from imagegate.contract.catalog import EXTENSION_FIELDS
+from imagegate.contract.catalog import DIFFUSION_FIELDS
+from imagegate.contract.fields import extra_fields_model
 from imagegate.contract.requests import EditFields, GenerationFields, VariationFields
 
 # -- requests --------------------------------------------------------------------
@@ -40,19 +41,14 @@ _EXTENSION = (
     "imagegate extension, not in OpenAI's API: accepted only by models whose catalog entry takes it "
     "(local diffusion models, test-pattern); any other model answers 400 unsupported_parameter."
 )
-_EXTENSION_WHAT = {
-    "seed": "Seed of the random generator: the same seed and request give the same pixels.",
-    "negative_prompt": "What the image should not show.",
-    "num_inference_steps": "Denoising steps of a diffusion model.",
-    "guidance_scale": "Classifier-free guidance scale of a diffusion model.",
-}
+_EXTENSIONS = extra_fields_model(DIFFUSION_FIELDS).model_json_schema()["properties"]
 
 
 def _schema(model: Any, extra: dict[str, Any], required: list[str]) -> dict[str, Any]:
     schema = model.model_json_schema()
-    for name in EXTENSION_FIELDS & set(schema["properties"]):
-        schema["properties"][name]["description"] = f"{_EXTENSION_WHAT.get(name, '')} {_EXTENSION}".strip()
-        schema["properties"][name]["x-imagegate-extension"] = True
+    for name, field in DIFFUSION_FIELDS.items():
+        what = f"{field.description} {_EXTENSION}".strip()
+        schema["properties"][name] = {**_EXTENSIONS[name], "description": what, "x-imagegate-extension": True}
     schema["properties"].update(extra)
     schema["required"] = sorted(set(schema.get("required", [])) | set(required))
     return schema

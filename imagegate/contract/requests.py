@@ -1,17 +1,22 @@
 """Typed requests: the fields of the spec's request schemas, and the resolved
 request that travels from the API through the gateway to a provider.
 
-``*Fields`` models hold exactly what the client sent (``None`` or unset means
-"not sent"; ``model_fields_set`` tells which were sent) so a provider can pass
-them on faithfully. :class:`ImageRequest` adds the resolved model, the input
-images and the effective values (defaults applied) the gateway works with.
+``*Fields`` models hold exactly the spec's fields the client sent (``None``
+or unset means "not sent"; ``model_fields_set`` tells which were sent) so a
+provider can pass them on faithfully. Fields outside the spec that the model's
+catalog entry declares (``contract.fields``) are validated per model and
+travel in ``ImageRequest.extra``. :class:`ImageRequest` adds the resolved
+model, the input images and the effective values (defaults applied) the
+gateway works with.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,9 +25,12 @@ from imagegate.contract.catalog import ModelSpec
 from imagegate.imaging.probe import ImageInfo
 
 Endpoint = Literal["generations", "edits", "variations"]
+T = TypeVar("T")
 
 
-class _Fields(BaseModel):
+class SpecFields(BaseModel):
+    """The fields every endpoint of the spec defines."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = None
@@ -30,14 +38,9 @@ class _Fields(BaseModel):
     size: str | None = None
     response_format: Literal["url", "b64_json"] | None = None
     user: str | None = None
-    # Extension fields, accepted only where the catalog says so.
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    negative_prompt: str | None = Field(None, max_length=32000)
-    num_inference_steps: int | None = Field(None, ge=1, le=500)
-    guidance_scale: float | None = Field(None, ge=0, le=100)
 
 
-class _GptImageFields(_Fields):
+class _GptImageFields(SpecFields):
     prompt: str = Field(min_length=1)
     quality: str | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
@@ -60,11 +63,34 @@ class EditFields(_GptImageFields):
     input_fidelity: Literal["high", "low"] | None = None
 
 
-class VariationFields(_Fields):
+class VariationFields(SpecFields):
     """``CreateImageVariationRequest`` less the image."""
 
 
-FIELDS_BY_ENDPOINT: dict[str, type[_Fields]] = {
+class ImageRefParam(BaseModel):
+    """``ImageRefParam``: an input image by URL (a ``data:`` or http(s) URL)
+    or by uploaded file ID (which this gateway does not take)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_url: str | None = None
+    file_id: str | None = None
+
+
+class EditImageBodyJsonParam(EditFields):
+    """``EditImageBodyJsonParam``: a JSON edit, its images by reference. (The
+    spec's ``maxItems: 16`` is the model's own limit here: ``too_many_images``.)"""
+
+    images: list[ImageRefParam] = Field(min_length=1)
+    mask: ImageRefParam | None = None
+
+    def edit_fields(self) -> EditFields:
+        """The edit's fields without the image references, as sent."""
+        sent = self.model_fields_set - {"images", "mask"}
+        return EditFields.model_construct(sent, **{name: getattr(self, name) for name in EditFields.model_fields})
+
+
+FIELDS_BY_ENDPOINT: dict[str, type[SpecFields]] = {
     "generations": GenerationFields,
     "edits": EditFields,
     "variations": VariationFields,
@@ -86,9 +112,11 @@ class ImageRequest:
     endpoint: Endpoint
     model: str  # the public model name the client asked for
     spec: ModelSpec
-    params: GenerationFields | EditFields | VariationFields
+    params: SpecFields  # GenerationFields, EditFields or VariationFields, by endpoint
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
+    # Fields outside the spec, as validated against the model's extra_fields.
+    extra: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     def fingerprint(self, *context: str | None) -> str:
         """A digest of everything the client sent: endpoint, fields, image
@@ -96,15 +124,24 @@ class ImageRequest:
         digest = hashlib.sha256(self.endpoint.encode())
         for part in context:
             digest.update(b"\x00" + (part or "").encode())
-        digest.update(orjson.dumps(self.params.model_dump(exclude_unset=True), option=orjson.OPT_SORT_KEYS))
+        fields = {**self.params.model_dump(exclude_unset=True), **self.extra}
+        digest.update(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS))
         for image in (*self.images, *((self.mask,) if self.mask else ())):
             digest.update(image.field.encode())
             digest.update(hashlib.sha256(image.data).digest())
         return digest.hexdigest()
 
     def sent(self) -> dict[str, object]:
-        """The fields the client sent, as sent (``model`` included)."""
-        return self.params.model_dump(exclude_none=True, exclude_unset=True)
+        """The fields the client sent, as sent (``model`` and the extra fields included)."""
+        return {**self.params.model_dump(exclude_none=True, exclude_unset=True), **self.extra}
+
+    def extra_value(self, name: str, kind: type[T]) -> T | None:
+        """An extra field's value if it was sent and is a ``kind`` (an int is a
+        float too), else None: ``request.extra_value("guidance_scale", float)``."""
+        value = self.extra.get(name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        return value if isinstance(value, kind) else None
 
     def _get(self, name: str) -> object:
         return getattr(self.params, name, None)
@@ -152,4 +189,4 @@ class ImageRequest:
 
     @property
     def seed(self) -> int | None:
-        return self.params.seed
+        return self.extra_value("seed", int)

@@ -5,58 +5,77 @@ served is a 404 before anything else is judged, so fixing one error never
 only uncovers the next). Then three steps, cheapest first, so a bad request
 costs as little as possible:
 
-1. :func:`parse_fields` - known field names, JSON types, enums, ranges
-   (the spec's schema). Unknown names are ``unknown_parameter``.
-2. :func:`check_rules` - the model's rules from the catalog (fields it
+1. :func:`parse_fields` - known field names, JSON types, enums, ranges:
+   the spec's schema, and the model's own fields (``extra_fields`` in its
+   catalog entry). Any other name is ``unknown_parameter``.
+2. :func:`check_rules` - the model's rules from the catalog (spec fields it
    takes, sizes, ``n``, prompt length, format combinations).
-3. :func:`load_inputs` - input images sniffed from their bytes and checked
-   against the model's input rules (off the event loop).
+3. :func:`~imagegate.contract.inputs.load_inputs` - input images sniffed from
+   their bytes and checked against the model's input rules (off the event loop).
+
+:func:`retarget` applies the same checks (``check_rules``, the extra fields,
+``check_inputs``) to a request bound for a fallback model.
 """
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from imagegate.contract.catalog import (
-    EXTENSION_FIELDS,
-    GPT_IMAGE_FIELDS,
-    VARIATIONS,
-    ModelSpec,
-)
-from imagegate.contract.requests import FIELDS_BY_ENDPOINT, ImageRequest, InputImage
-from imagegate.errors import InvalidImageError, InvalidRequestError, NotFoundError
-from imagegate.imaging.probe import ImageProbeError, probe
+from imagegate.contract.catalog import GENERATIONS, SPEC_OPTIONAL_FIELDS, ModelSpec
+from imagegate.contract.fields import extra_fields_model
+from imagegate.contract.inputs import check_inputs, quote_list
+from imagegate.contract.requests import ImageRequest, SpecFields
+from imagegate.errors import InvalidRequestError, NotFoundError
 
-OPTIONAL_FIELDS = GPT_IMAGE_FIELDS | EXTENSION_FIELDS | {"style"}
+F = TypeVar("F", bound=SpecFields)
 
 _TYPE_NAMES = {
     "int": "an integer",
     "float": "a number",
     "bool": "a boolean",
     "str": "a string",
+    "list": "an array",
+    "model": "an object",
 }
 _JSON_TYPE_OF = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"}
 
 
-def _quote_list(values: Sequence[object]) -> str:
-    quoted = [f"'{v}'" for v in values]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+def _param(loc: Sequence[int | str]) -> str | None:
+    """``("images", 0, "image_url")`` -> ``images[0].image_url``."""
+    if not loc:
+        return None
+    out = str(loc[0])
+    for part in loc[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _value_at(raw: Any, loc: Sequence[int | str]) -> Any:
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
 
 
 def _pydantic_to_error(exc: ValidationError, raw: Mapping[str, Any]) -> InvalidRequestError:
     err = exc.errors(include_url=False)[0]
-    param = str(err["loc"][0]) if err["loc"] else None
+    param = _param(err["loc"])
     kind = err["type"]
-    value = raw.get(param) if param else None
+    value = _value_at(raw, err["loc"])
     ctx = err.get("ctx") or {}
     if kind == "missing":
         return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        return InvalidRequestError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    if kind == "too_short":
+        return InvalidRequestError(f"Invalid '{param}': expected a non-empty array.", param=param, code="invalid_type")
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return InvalidRequestError(
@@ -119,19 +138,40 @@ def resolve_model(directory: ModelDirectory, endpoint: str, raw: Mapping[str, An
     return directory.resolve(requested, endpoint)
 
 
-def parse_fields(endpoint: str, raw: Mapping[str, Any], *, from_form: bool):
-    """Check names and types of the non-image fields. ``from_form``: values
-    are multipart strings and are converted (``"2"`` -> 2, ``"true"`` -> True);
-    JSON values must already have the right type."""
-    model = FIELDS_BY_ENDPOINT[endpoint]
+def parse_fields(schema: type[F], raw: Mapping[str, Any], spec: ModelSpec, *, from_form: bool) -> tuple[F, dict[str, object]]:
+    """Check names and types: the spec's fields (``schema``) and the model's
+    own (``spec.extra_fields``). Returns the spec fields and the extra values.
+    ``from_form``: values are multipart strings and are converted (``"2"`` ->
+    2, ``"true"`` -> True); JSON values must already have the right type."""
     for name in raw:
-        if name not in model.model_fields:
+        if name not in schema.model_fields and name not in spec.extra_fields:
             raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
-    data = {k: v for k, v in raw.items() if v is not None}
+    data = {k: v for k, v in raw.items() if v is not None and k in schema.model_fields}
+    extra = {k: v for k, v in raw.items() if v is not None and k in spec.extra_fields}
     try:
-        return model.model_validate(data, strict=not from_form)
+        return schema.model_validate(data, strict=not from_form), _validate_extra(spec, extra, strict=not from_form)
     except ValidationError as exc:
-        raise _pydantic_to_error(exc, data) from exc
+        raise _pydantic_to_error(exc, raw) from exc
+
+
+def _validate_extra(spec: ModelSpec, values: Mapping[str, object], *, strict: bool) -> dict[str, object]:
+    if not values:
+        return {}
+    model: type[BaseModel] = extra_fields_model(spec.extra_fields)
+    return model.model_validate(values, strict=strict).model_dump(exclude_unset=True)
+
+
+def check_extra(name: str, spec: ModelSpec, values: Mapping[str, object]) -> dict[str, object]:
+    """Already-typed extra values checked against model ``name``'s declarations."""
+    for field in values:
+        if field not in spec.extra_fields:
+            raise InvalidRequestError(
+                f"Unknown parameter: '{field}' (model '{name}' does not take it).", param=field, code="unknown_parameter"
+            )
+    try:
+        return _validate_extra(spec, values, strict=True)
+    except ValidationError as exc:
+        raise _pydantic_to_error(exc, values) from exc
 
 
 class ModelDirectory:
@@ -140,7 +180,7 @@ class ModelDirectory:
     # The spec's defaults when a request names no model.
     _SPEC_DEFAULTS = {"generations": "dall-e-2", "edits": "gpt-image-1.5", "variations": "dall-e-2"}
 
-    def __init__(self, rules: dict[str, ModelSpec], default_model: str | None = None) -> None:
+    def __init__(self, rules: Mapping[str, ModelSpec], default_model: str | None = None) -> None:
         self._rules = dict(rules)
         self._default = default_model
 
@@ -180,16 +220,10 @@ class ModelDirectory:
         )
 
 
-def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
-    """Apply the catalog's per-model rules to already-typed fields."""
+def check_rules(endpoint: str, fields: SpecFields, name: str, spec: ModelSpec) -> None:
+    """Apply the catalog's per-model rules to already-typed spec fields."""
     sent = {k for k in fields.model_fields_set if getattr(fields, k) is not None}
-    for field in sorted(sent & OPTIONAL_FIELDS - spec.accepts):
-        if field in EXTENSION_FIELDS:
-            raise InvalidRequestError(
-                f"Unknown parameter: '{field}' (not an extension this model accepts).",
-                param=field,
-                code="unknown_parameter",
-            )
+    for field in sorted(sent & SPEC_OPTIONAL_FIELDS - spec.accepts):
         raise InvalidRequestError(
             f"Unsupported parameter: '{field}' is not supported with model '{name}'.",
             param=field,
@@ -212,7 +246,7 @@ def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
     quality = getattr(fields, "quality", None)
     if quality is not None and quality not in spec.qualities:
         raise InvalidRequestError(
-            f"Invalid value: '{quality}'. Supported values for 'quality' with model '{name}' are: {_quote_list(spec.qualities)}.",
+            f"Invalid value: '{quality}'. Supported values for 'quality' with model '{name}' are: {quote_list(spec.qualities)}.",
             param="quality",
         )
     if getattr(fields, "background", None) == "transparent" and not spec.transparency:
@@ -224,7 +258,7 @@ def check_rules(endpoint: str, fields, name: str, spec: ModelSpec) -> None:
     _check_combinations(fields)
 
 
-def _check_combinations(fields) -> None:
+def _check_combinations(fields: SpecFields) -> None:
     fmt = getattr(fields, "output_format", None) or "png"
     if getattr(fields, "background", None) == "transparent" and fmt not in ("png", "webp"):
         raise InvalidRequestError("Transparent backgrounds need output_format 'png' or 'webp', not 'jpeg'.", param="background")
@@ -240,120 +274,18 @@ def _check_combinations(fields) -> None:
         )
 
 
-def _probe_all(parts: Sequence[tuple[str, bytes]], max_pixels: int) -> list[InputImage]:
-    out = []
-    for field, data in parts:
-        try:
-            info = probe(data, max_pixels=max_pixels)
-        except ImageProbeError as exc:
-            raise InvalidImageError(f"Invalid image in '{field}': {exc}.", param=field, code=exc.code) from exc
-        out.append(InputImage(data, info, field))
-    return out
-
-
-async def load_inputs(
-    endpoint: str,
-    name: str,
-    spec: ModelSpec,
-    images: Sequence[tuple[str, bytes]],
-    mask: tuple[str, bytes] | None,
-    *,
-    max_pixels: int,
-) -> tuple[tuple[InputImage, ...], InputImage | None]:
-    """Check counts and sizes, then sniff and check every input image."""
-    rule = spec.variation_input if endpoint == VARIATIONS else spec.edit_input
-    param = "image"
-    if rule is None:
-        raise InvalidRequestError(f"The model '{name}' does not take input images.", param="model", code="unsupported_model")
-    if not images:
-        raise InvalidRequestError("Missing required parameter: 'image'.", param=param, code="missing_required_parameter")
-    if len(images) > rule.max_images:
-        raise InvalidRequestError(
-            f"Too many images: model '{name}' takes at most {rule.max_images}, got {len(images)}.",
-            param=param,
-            code="too_many_images",
-        )
-    for field, data in images:
-        if len(data) > rule.max_bytes:
-            raise InvalidImageError(
-                f"Image '{field}' is {len(data)} bytes; model '{name}' takes images under {rule.max_bytes // (1024 * 1024)} MB.",
-                param=field,
-                code="image_too_large",
-            )
-    if mask is not None and not spec.masks:
-        raise InvalidRequestError(
-            f"Model '{name}' does not take a mask (no inpainting); send the edit without one.",
-            param="mask",
-            code="unsupported_mask",
-        )
-    if mask is not None and len(mask[1]) > spec.mask_max_bytes:
-        raise InvalidImageError(
-            f"The mask is {len(mask[1])} bytes; model '{name}' takes masks under {spec.mask_max_bytes // (1024 * 1024)} MB.",
-            param="mask",
-            code="image_too_large",
-        )
-    parts = list(images) + ([mask] if mask is not None else [])
-    probed = await asyncio.to_thread(_probe_all, parts, max_pixels)
-    inputs = tuple(probed[: len(images)])
-    for img in inputs:
-        if img.info.format not in rule.formats:
-            raise InvalidImageError(
-                f"Invalid image in '{img.field}': the file is {img.info.format.upper()}; model '{name}' takes "
-                f"{_quote_list(sorted(f.upper() for f in rule.formats))} files.",
-                param=img.field,
-                code="invalid_image_format",
-            )
-        if rule.square and img.info.width != img.info.height:
-            raise InvalidImageError(
-                f"Invalid image in '{img.field}': model '{name}' needs a square image, got {img.info.width}x{img.info.height}.",
-                param=img.field,
-                code="invalid_image_dimensions",
-            )
-    mask_image = probed[-1] if mask is not None else None
-    if mask_image is not None:
-        _check_mask(mask_image, inputs[0])
-    return inputs, mask_image
-
-
-def _check_mask(mask: InputImage, first: InputImage) -> None:
-    if mask.info.format != "png":
-        raise InvalidImageError(
-            f"Invalid mask: it must be a PNG file, got {mask.info.format.upper()}.", param="mask", code="invalid_image_format"
-        )
-    if not mask.info.has_alpha:
-        raise InvalidImageError(
-            "Invalid mask: it must have an alpha channel (fully transparent pixels mark the area to edit).",
-            param="mask",
-            code="invalid_mask",
-        )
-    if (mask.info.width, mask.info.height) != (first.info.width, first.info.height):
-        raise InvalidImageError(
-            f"Invalid mask: it is {mask.info.width}x{mask.info.height} but the image is "
-            f"{first.info.width}x{first.info.height}; they must have the same dimensions.",
-            param="mask",
-            code="invalid_image_dimensions",
-        )
-
-
 def retarget(request: ImageRequest, model: str, spec: ModelSpec) -> ImageRequest | None:
     """The request as fallback ``model`` would receive it, or None when that
     model cannot take it as sent (it is then skipped, never given a changed
-    request)."""
+    request). The checks are first validation's own: the catalog rules, the
+    model's extra fields and ``check_inputs``."""
     if request.endpoint not in spec.endpoints:
         return None
     try:
         check_rules(request.endpoint, request.params, model, spec)
+        extra = check_extra(model, spec, request.extra)
+        if request.endpoint != GENERATIONS:
+            check_inputs(request.endpoint, model, spec, request.images, request.mask)
     except InvalidRequestError:
         return None
-    if request.mask is not None and not spec.masks:
-        return None
-    if request.images:
-        rule = spec.variation_input if request.endpoint == VARIATIONS else spec.edit_input
-        if rule is None or len(request.images) > rule.max_images:
-            return None
-        for image in request.images:
-            if image.info.format not in rule.formats or image.info.nbytes > rule.max_bytes:
-                return None
-            if rule.square and image.info.width != image.info.height:
-                return None
-    return ImageRequest(request.endpoint, model, spec, request.params, request.images, request.mask)  # type: ignore[arg-type]
+    return ImageRequest(request.endpoint, model, spec, request.params, request.images, request.mask, extra)

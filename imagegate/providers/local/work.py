@@ -72,7 +72,7 @@ def _seeds(request: ImageRequest) -> tuple[int, ...]:
 
 
 def _steps(request: ImageRequest, info: ModelInfo, task: str, strength: float) -> int:
-    steps = request.params.num_inference_steps
+    steps = request.extra_value("num_inference_steps", int)
     if steps is None:
         steps = max(1, round(info.steps * _STEP_FACTOR.get(request.quality, 1.0)))
     if task != TEXT_TO_IMAGE and strength < 1 and int(steps * strength) < 1:
@@ -94,11 +94,13 @@ def prepare(request: ImageRequest, info: ModelInfo, max_pixels: int) -> Work:
         # OpenAI's convention: fully transparent mask pixels mark the area to edit.
         alpha = decode_input(request.mask.data, "mask", max_pixels=max_pixels).convert("RGBA").getchannel("A")
         edit_area = ImageOps.fit(alpha.point(lambda a: 255 if a == 0 else 0), (width, height), Image.Resampling.NEAREST)
-    guidance = request.params.guidance_scale if request.params.guidance_scale is not None else info.guidance
+    guidance = request.extra_value("guidance_scale", float)
+    if guidance is None:
+        guidance = info.guidance
     return Work(
         task=task,
         prompt=request.prompt,
-        negative_prompt=request.params.negative_prompt,
+        negative_prompt=request.extra_value("negative_prompt", str),
         seeds=_seeds(request),
         width=width,
         height=height,
