@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, Table, Update, bindparam, case, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
+from imagegate.db.engine import rowcount
 from imagegate.db.models import ApiKey, Team
 
 
@@ -43,7 +45,7 @@ def next_period(period: str, now: datetime) -> datetime | None:
     return None
 
 
-def _pk(table: type[ApiKey] | type[Team]):  # noqa: ANN202 - a column
+def _pk(table: type[ApiKey] | type[Team]) -> InstrumentedAttribute[str]:
     return ApiKey.id if table is ApiKey else Team.name
 
 
@@ -57,7 +59,7 @@ async def _roll(session: AsyncSession, table: type[ApiKey] | type[Team], ident: 
     )
 
 
-async def _reserve_row(session: AsyncSession, table, ident: object, amount: int) -> bool:  # noqa: ANN001
+async def _reserve_row(session: AsyncSession, table: type[ApiKey] | type[Team], ident: object, amount: int) -> bool:
     result = await session.execute(
         update(table)
         .where(_pk(table) == ident)
@@ -65,7 +67,7 @@ async def _reserve_row(session: AsyncSession, table, ident: object, amount: int)
         .values(reserved_nusd=table.reserved_nusd + amount)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def _reserve_key_statement() -> Update:
@@ -93,7 +95,7 @@ _RESERVE_KEY = _reserve_key_statement()
 
 async def _reserve_key(session: AsyncSession, key_id: str, period: str, amount: int, now: datetime) -> bool:
     params = {"key_id": key_id, "period": period, "amount": amount, "start": period_start(period, now)}
-    return (await session.execute(_RESERVE_KEY, params)).rowcount == 1
+    return rowcount(await session.execute(_RESERVE_KEY, params)) == 1
 
 
 async def reserve(

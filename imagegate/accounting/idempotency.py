@@ -26,7 +26,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.accounting.owner import is_gone, this_process
-from imagegate.db.engine import Database
+from imagegate.db.engine import Database, rowcount
 from imagegate.db.models import IdempotencyRecord, aware, utcnow
 from imagegate.errors import ImagegateError
 
@@ -108,7 +108,7 @@ class IdempotencyStore:
                 .values(owner=this_process(), lease_expires_at=lease, created_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     async def complete(self, scope: str, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
         async with self._db.transaction() as session:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from imagegate.accounting.money import NANO, to_nano
 from imagegate.contract.catalog import parse_size
@@ -57,7 +58,7 @@ class PerImage:
     default: int | None = None
 
     def price(self, quality: str | None, size: str | None) -> int | None:
-        if (quality, size) in self.table:
+        if quality is not None and size is not None and (quality, size) in self.table:
             return self.table[(quality, size)]
         return self.default
 
@@ -274,14 +275,14 @@ def find_price(configured: Mapping[str, Price], *names: str | None) -> Price | N
     return None
 
 
-def price_from_config(cfg: Mapping[str, object]) -> Price:
-    """A ``pricing:`` entry (already validated by config) -> Price."""
+def price_from_config(cfg: Mapping[str, Any]) -> Price:
+    """A ``pricing:`` entry (already validated by config: numbers where they belong) -> Price."""
     if cfg.get("image_output_per_1m") is not None:
         return PerToken(
-            _per_1m(float(cfg.get("text_input_per_1m") or 0)),  # type: ignore[arg-type]
-            _per_1m(float(cfg.get("image_input_per_1m") or 0)),  # type: ignore[arg-type]
-            _per_1m(float(cfg["image_output_per_1m"])),  # type: ignore[arg-type]
-            _per_1m(float(cfg.get("text_output_per_1m") or 0)),  # type: ignore[arg-type]
+            _per_1m(float(cfg.get("text_input_per_1m") or 0)),
+            _per_1m(float(cfg.get("image_input_per_1m") or 0)),
+            _per_1m(float(cfg["image_output_per_1m"])),
+            _per_1m(float(cfg.get("text_output_per_1m") or 0)),
         )
     per_image = cfg.get("per_image")
     if isinstance(per_image, Mapping):
@@ -289,12 +290,14 @@ def price_from_config(cfg: Mapping[str, object]) -> Price:
         default = None
         for key, usd in per_image.items():
             if key == "default":
-                default = to_nano(usd)  # type: ignore[arg-type]
+                default = to_nano(usd)
             else:
                 quality, _, size = str(key).partition(" ")
-                table[(quality, size)] = to_nano(usd)  # type: ignore[arg-type]
+                table[(quality, size)] = to_nano(usd)
         return PerImage(table, default)
-    return PerImage(default=to_nano(per_image))  # type: ignore[arg-type]
+    if per_image is None:  # config refuses such an entry
+        raise ValueError("a price needs per_image or image_output_per_1m")
+    return PerImage(default=to_nano(per_image))
 
 
 __all__ = [

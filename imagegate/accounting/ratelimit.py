@@ -27,7 +27,8 @@ def _storage(url: str) -> tuple[Storage, Callable[[], Awaitable[None]] | None]:
 
     plain = url.removeprefix("async+")
     pool = ConnectionPool.from_url(plain)  # ours, so that it closes with the app
-    return RedisStorage("async+" + plain, implementation="redispy", connection_pool=pool), pool.aclose
+    # limits types its storage options as scalars; redis-py takes a pool among them
+    return RedisStorage("async+" + plain, implementation="redispy", connection_pool=pool), pool.aclose  # type: ignore[arg-type]
 
 
 class RateLimiter:

@@ -322,7 +322,7 @@ class Accounting:
                 admission.request_id, charged, admission.reserved, admission.caller.key_id,
             )  # fmt: skip
         caller = admission.caller
-        row = dict(
+        row: dict[str, Any] = dict(
             request_id=admission.request_id,
             created_at=utcnow(),
             key_id=caller.key_id,
@@ -348,7 +348,7 @@ class Accounting:
         if caller.key_id is None:  # nothing to settle: the row goes out in the next batch
             self.usage_writer.add(row)
             return charged
-        entry = {
+        entry: dict[str, Any] = {
             "settlement_id": admission.reservation_id or f"stl_{secrets.token_hex(12)}",
             "reservation_id": admission.reservation_id,
             "key_id": caller.key_id,
@@ -377,14 +377,14 @@ class Accounting:
                 ) from exc
         return charged
 
-    async def _apply(self, entry: dict) -> None:
+    async def _apply(self, entry: dict[str, Any]) -> None:
         """One settlement, in one transaction: give back the reservation (if
         no sweep did already), charge, write the usage row."""
         async with self.db.transaction() as session:
             await reservations.settle(session, entry["reservation_id"], entry["key_id"], entry["team"], entry["charge"])
             await session.execute(_INSERT_USAGE, {**entry["row"], "settlement_id": entry["settlement_id"]})
 
-    async def _apply_journaled(self, entry: dict) -> None:
+    async def _apply_journaled(self, entry: dict[str, Any]) -> None:
         row = {**entry["row"], "created_at": datetime.fromisoformat(entry["row"]["created_at"])}
         try:
             await self._apply({**entry, "row": row})

@@ -70,7 +70,7 @@ async def summarize(
         query = query.where(UsageRecord.key_id == key_id)
     rows = []
     for row in (await session.execute(query)).mappings():
-        item = {g: (str(row[g]) if row[g] is not None else None) for g in group_by}
+        item: dict[str, Any] = {g: (str(row[g]) if row[g] is not None else None) for g in group_by}
         item.update(
             requests=int(row["requests"]),
             images=int(row["images"] or 0),

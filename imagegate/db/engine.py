@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import Connection, CursorResult, Result, event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -22,7 +23,7 @@ def default_url(data_dir: Path) -> str:
 WRITE = {"sqlite_write": True}
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API connection
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:  # a DB-API connection
     dbapi_connection.isolation_level = None  # the driver emits no BEGIN; _sqlite_begin does
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
@@ -40,7 +41,7 @@ def ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_begin(conn) -> None:  # noqa: ANN001 - a sync Connection
+def _sqlite_begin(conn: Connection) -> None:
     """Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE),
     so they wait their turn under busy_timeout. A deferred transaction that
     reads and then writes fails at once with "database is locked" in WAL mode
@@ -73,10 +74,16 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=60, pool_pre_ping=True)
 
 
-def sessions(engine: AsyncEngine, *, write: bool = True) -> async_sessionmaker:
+def sessions(engine: AsyncEngine, *, write: bool = True) -> async_sessionmaker[AsyncSession]:
     """Sessions for transactions that write (the default) or only read."""
     bind = engine.execution_options(**WRITE) if write else engine
     return async_sessionmaker(bind, expire_on_commit=False)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (``execute`` is typed as giving
+    any Result; for those statements it is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class Database:

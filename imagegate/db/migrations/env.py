@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from imagegate.db.models import Base
@@ -12,7 +13,7 @@ from imagegate.db.models import Base
 target_metadata = Base.metadata
 
 
-def _run(connection) -> None:  # noqa: ANN001 - a sync Connection inside run_sync
+def _run(connection: Connection) -> None:  # a sync Connection inside run_sync
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
