@@ -128,7 +128,19 @@ def keys_group() -> None:
 @key_options
 @click.option("--admin", is_flag=True, help="The key may also call /admin.")
 @AS_JSON
-def keys_create(config_path, name, team, models, expires, rpm, ipm, budget, period, admin, as_json) -> None:  # noqa: ANN001
+def keys_create(
+    config_path: str | None,
+    name: str,
+    team: str | None,
+    models: str | None,
+    expires: datetime | None,
+    rpm: int | None,
+    ipm: int | None,
+    budget: float | None,
+    period: str | None,
+    admin: bool,
+    as_json: bool,
+) -> None:
     """Create a key; its secret is printed once."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), rpm=rpm, ipm=ipm,
                         budget_usd=budget, budget_period=period, is_admin=admin)  # fmt: skip
@@ -186,7 +198,21 @@ def keys_show(config_path: str | None, ref: str, as_json: bool) -> None:
 @click.option("--clear", multiple=True, type=click.Choice(["rpm", "ipm", "budget", "models", "expires_at", "team"]),
               help="Remove a limit (repeatable).")  # fmt: skip
 @AS_JSON
-def keys_update(config_path, ref, name, team, models, expires, rpm, ipm, budget, period, enable, clear, as_json) -> None:  # noqa: ANN001
+def keys_update(
+    config_path: str | None,
+    ref: str,
+    name: str | None,
+    team: str | None,
+    models: str | None,
+    expires: datetime | None,
+    rpm: int | None,
+    ipm: int | None,
+    budget: float | None,
+    period: str | None,
+    enable: bool | None,
+    clear: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Change a key's limits, budget, models, expiry or state."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), enabled=enable,
                         rpm=rpm, ipm=ipm, budget_usd=budget, budget_period=period)  # fmt: skip
@@ -208,7 +234,9 @@ def keys_revoke(config_path: str | None, ref: str) -> None:
 @click.option("--all", "all_keys", is_flag=True, help="Every key's reservations (instead of one key's).")
 @click.option("--expired-only", is_flag=True, help="Only reservations past their expiry.")
 @AS_JSON
-def keys_release_reservations(config_path, ref, all_keys, expired_only, as_json) -> None:  # noqa: ANN001
+def keys_release_reservations(
+    config_path: str | None, ref: str | None, all_keys: bool, expired_only: bool, as_json: bool
+) -> None:
     """Give back budget reservations (of the key REF, or of --all keys).
 
     The server releases expired reservations by itself, and at start those
@@ -240,7 +268,9 @@ def teams_list(config_path: str | None, as_json: bool) -> None:
 @click.option("--period", type=click.Choice(keys.PERIODS))
 @click.option("--no-budget", is_flag=True, help="Remove the team's budget.")
 @AS_JSON
-def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  # noqa: ANN001
+def teams_set(
+    config_path: str | None, name: str, budget: float | None, period: str | None, no_budget: bool, as_json: bool
+) -> None:
     """Create a team or change its budget."""
     view = run_admin(_settings(config_path), lambda admin: admin.update_team(name, budget, period, clear_budget=no_budget))
     _print(view, as_json)
@@ -255,14 +285,26 @@ def teams_set(config_path, name, budget, period, no_budget, as_json) -> None:  #
 @click.option("--key", "key_id", help="Only this key id.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.pass_context
-def usage_command(ctx, config_path, group_by, since, until, key_id, fmt) -> None:  # noqa: ANN001
+def usage_command(
+    ctx: click.Context,
+    config_path: str | None,
+    group_by: str,
+    since: datetime | None,
+    until: datetime | None,
+    key_id: str | None,
+    fmt: str,
+) -> None:
     """Sum requests, images, tokens and cost (or: usage reprice)."""
     if ctx.invoked_subcommand is not None:
         return
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     rows = run_admin(_settings(config_path), lambda admin: admin.usage(groups, _utc(since), _utc(until), key_id))
-    out = {"table": usage.to_table, "csv": usage.to_csv, "json": lambda r: json.dumps(r, indent=2)}[fmt](rows)
-    click.echo(out.rstrip("\n"))
+    render: dict[str, Callable[[list[View]], str]] = {
+        "table": usage.to_table,
+        "csv": usage.to_csv,
+        "json": lambda r: json.dumps(r, indent=2),
+    }
+    click.echo(render[fmt](rows).rstrip("\n"))
 
 
 @usage_command.command("reprice")
@@ -272,7 +314,9 @@ def usage_command(ctx, config_path, group_by, since, until, key_id, fmt) -> None
 @click.option("--model", help="Only this (public) model's rows.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
 @AS_JSON
-def usage_reprice(config_path, since, until, model, dry_run, as_json) -> None:  # noqa: ANN001
+def usage_reprice(
+    config_path: str | None, since: datetime, until: datetime | None, model: str | None, dry_run: bool, as_json: bool
+) -> None:
     """Cost usage rows again at the current prices (after adding a price).
 
     Recomputes the cost of each successful request in the window from the
