@@ -72,6 +72,9 @@ class OpenAIStandIn:
         self.image = image or png_of(64, 48)
         self.received: list[Received] = []
         self.fetched: list[Received] = []  # GETs of image URLs, with their headers
+        self.get_delay = 0.0  # seconds each GET waits before answering
+        self.gets_in_flight = 0
+        self.max_gets_in_flight = 0
         self.served: list[bytes] = []  # the image bytes of each success answer
         self.script: deque[Fault] = deque()
         self.gate_released_in_time: bool | None = None
@@ -90,12 +93,19 @@ class OpenAIStandIn:
             def do_GET(self) -> None:  # noqa: N802 - image URLs handed out by "url" answers
                 with standin._lock:
                     standin.fetched.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
-                if self.path.startswith("/files/"):
-                    self._send(200, standin.image, "image/png")
-                elif self.path.startswith("/redirect/"):  # /redirect/<url, percent-encoded>
-                    self._send(302, b"", "text/plain", {"Location": urllib.parse.unquote(self.path[10:])})
-                else:
-                    self._send(404, b"{}", "application/json")
+                    standin.gets_in_flight += 1
+                    standin.max_gets_in_flight = max(standin.max_gets_in_flight, standin.gets_in_flight)
+                try:
+                    time.sleep(standin.get_delay)
+                    if self.path.startswith("/files/"):
+                        self._send(200, standin.image, "image/png")
+                    elif self.path.startswith("/redirect/"):  # /redirect/<url, percent-encoded>
+                        self._send(302, b"", "text/plain", {"Location": urllib.parse.unquote(self.path[10:])})
+                    else:
+                        self._send(404, b"{}", "application/json")
+                finally:
+                    with standin._lock:
+                        standin.gets_in_flight -= 1
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))

@@ -118,7 +118,7 @@ class ModelSpec:
     prompt_max: int
     n_max: int = 10
     default_response_format: str = "b64_json"
-    # The optional fields the model takes: spec fields (SPEC_OPTIONAL_FIELDS)
+    # The optional fields the model takes: the spec fields (SPEC_OPTIONAL_FIELDS)
     # listed here, plus every name in extra_fields (added on creation).
     accepts: frozenset[str] = frozenset()
     free_size: FreeSizeRule | None = None
@@ -142,13 +142,10 @@ class ModelSpec:
         shadowed = set(self.extra_fields) & (SPEC_OPTIONAL_FIELDS | _COMMON_FIELDS)
         if shadowed:
             raise ValueError(f"{self.name}: extra_fields may not redefine spec fields ({', '.join(sorted(shadowed))})")
-        unknown = self.accepts - SPEC_OPTIONAL_FIELDS - set(self.extra_fields)
-        if unknown:
-            raise ValueError(
-                f"{self.name}: accepts names fields that are neither spec fields nor extra_fields: {sorted(unknown)}"
-            )
         object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))
-        object.__setattr__(self, "accepts", self.accepts | frozenset(self.extra_fields))
+        # Names outside the spec come from extra_fields alone (so a copy made
+        # with dataclasses.replace(spec, extra_fields=...) takes exactly those).
+        object.__setattr__(self, "accepts", (self.accepts & SPEC_OPTIONAL_FIELDS) | frozenset(self.extra_fields))
 
     def allows_size(self, size: str) -> str | None:
         """None if ``size`` is fine for this model, else the reason."""
