@@ -16,17 +16,18 @@ from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import build_middleware
 from imagegate.config import Settings
 from imagegate.gateway.service import ImageService
+from imagegate.gateway.wiring import build_service
 
 log = logging.getLogger("imagegate")
 
 
 def create_app(settings: Settings, service: ImageService | None = None) -> FastAPI:
-    service = service or ImageService.from_settings(settings)
+    service = service or build_service(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()  # database migrations
-        sweeper = asyncio.create_task(service.sweep_forever(), name="imagegate-sweeper")
+        sweeper = asyncio.create_task(service.sweeper.forever(), name="imagegate-sweeper")
         try:
             yield
         finally:

@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import sys
 
 import click
 
 from imagegate import __version__
-from imagegate.config import Settings, load_settings
+from imagegate.cli_admin import COMMANDS as ADMIN_COMMANDS
+from imagegate.cli_settings import CONFIG_HELP, load_or_exit
+from imagegate.config import Settings
 from imagegate.contract.catalog import GENERATIONS, ModelSpec, parse_size
-from imagegate.errors import ConfigError
-
-CONFIG_HELP = "YAML config file (default: $IMAGEGATE_CONFIG, else the embedded defaults)."
-
-
-def load_or_exit(path: str | None) -> Settings:
-    try:
-        settings = load_settings(path)
-        from imagegate.gateway.service import ImageService
-
-        ImageService.check(settings)
-        return settings
-    except ConfigError as exc:
-        click.echo(f"imagegate: config error: {exc}", err=True)
-        sys.exit(2)
+from imagegate.gateway.routes import rules_for
 
 
 @click.group()
@@ -69,8 +56,6 @@ def _try_size(spec: ModelSpec) -> str | None:
 def banner(settings: Settings, url: str) -> str:
     """What ``serve`` prints at start: where it listens, and a request that
     works as printed (a model that generates, a size it takes, the key it needs)."""
-    from imagegate.gateway.routes import rules_for
-
     lines = [
         f"imagegate {__version__} listening on {url}  (models: {', '.join(settings.models)}; data: {settings.server.data_dir})"
     ]
@@ -113,11 +98,5 @@ def version() -> None:
     click.echo(f"imagegate {__version__}")
 
 
-def _register_admin_commands() -> None:
-    from imagegate.cli_admin import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_register_admin_commands()
+for _command in ADMIN_COMMANDS:  # db, keys, teams, usage, virtual-keys
+    main.add_command(_command)

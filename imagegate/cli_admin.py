@@ -18,6 +18,7 @@ import click
 from imagegate.accounting import keys, usage
 from imagegate.accounting.admin import Admin, View
 from imagegate.accounting.vault import Change, Vault, new_encryption_key
+from imagegate.cli_settings import load_or_exit
 from imagegate.config import Settings
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
@@ -32,8 +33,6 @@ KEYS = click.option("--key", "key_refs", multiple=True, help="A key (id or ig- p
 
 
 def _settings(config_path: str | None) -> Settings:
-    from imagegate.cli import load_or_exit
-
     return load_or_exit(config_path)
 
 

@@ -37,6 +37,7 @@ from pydantic import (
 
 from imagegate.errors import ConfigError
 from imagegate.providers.registry import validate_provider_options
+from imagegate.storage import registry as storage_registry
 
 ENV_PREFIX = "IMAGEGATE_"
 ENV_NESTING = "__"
@@ -228,6 +229,7 @@ class PriceConfig(_Strict):
 
 
 class StorageConfig(_Strict):
+    # Where hosted images live, by scheme (storage/registry.py): file://PATH, memory://.
     url: str | None = None  # default: file://<server.data_dir>/images
     url_ttl_seconds: int = Field(3600, gt=0)
     signing_key: SecretStr | None = None  # default: generated once in data_dir
@@ -239,9 +241,7 @@ class StorageConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("file://"):
-            raise ValueError(f"unsupported storage URL {value!r} (supported: file://PATH)")
-        return value
+        return None if value is None else storage_registry.check_url(value)
 
 
 ErrorKind = Literal["rate_limit", "timeout", "connection", "server_error", "content_policy", "invalid_request"]
@@ -350,10 +350,14 @@ class Settings(_Strict):
         return None if self.storage.max_gb is None else int(self.storage.max_gb * 1e9)
 
     @property
+    def storage_url(self) -> str:
+        """``storage.url``, or the default: the images directory in ``server.data_dir``."""
+        return self.storage.url or f"file://{self.server.data_dir / 'images'}"
+
+    @property
     def storage_path(self) -> Path:
-        if self.storage.url is None:
-            return self.server.data_dir / "images"
-        return Path(self.storage.url.removeprefix("file://"))
+        """The images directory, for ``file://`` storage."""
+        return Path(self.storage_url.removeprefix("file://"))
 
 
 def _resolve_env_refs(value: Any, path: str, environ: dict[str, str]) -> Any:

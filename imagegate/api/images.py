@@ -18,11 +18,10 @@ from imagegate.api import openapi
 from imagegate.api.bodies import IMAGE_FIELDS, read_form, read_json_object, require_media_type
 from imagegate.api.deps import CallerDep, ServiceDep, request_id
 from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
-from imagegate.api.render import JSONBody, sse
+from imagegate.api.render import sse
 from imagegate.contract.build import FormBody, RequestBuilder
 from imagegate.contract.requests import Endpoint, ImageRequest
 from imagegate.errors import ImagegateError, InvalidRequestError
-from imagegate.gateway.routing import Served
 from imagegate.gateway.service import ImageService
 
 log = logging.getLogger("imagegate.api")
@@ -75,11 +74,6 @@ async def _unless_disconnected(http: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
-async def _run(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> JSONBody:
-    result, cost, served = await _unless_disconnected(http, service.create(request, _base_url(http), caller, request_id(http)))
-    return JSONBody(result, headers={COST_HEADER: usd_str(cost), **_served_headers(served)})
-
-
 async def _respond(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
     key = http.headers.get("idempotency-key")
     if request.stream:
@@ -88,65 +82,28 @@ async def _respond(service: ImageService, request: ImageRequest, http: Request, 
                 "Idempotency-Key is not supported with stream=true.", param="Idempotency-Key", code="unsupported_parameter"
             )
         return await _stream(service, request, http, caller)
+    base_url, rid = _base_url(http), request_id(http)
+    if key is None:
+        work = service.create(request, base_url, caller, rid)
+    else:  # once per key: a retry gets the first answer again
+        work = service.create_once(request, base_url, caller, rid, key=key, client=http.client.host if http.client else "")
     try:
-        if key is None:
-            return await _run(service, request, http, caller)
-        return await _idempotent(service, request, http, caller, key)
+        answer = await _unless_disconnected(http, work)
     except _ClientGone:
         return Response(status_code=499)  # nobody is listening; the work was cancelled and not charged
-
-
-def _idempotency_scope(caller: Caller, http: Request) -> str:
-    """Whose keys these are: one caller never sees another's replays. Callers
-    without a key are told apart by their address only."""
-    if caller.kind == "anonymous":
-        return f"anonymous:{http.client.host if http.client else ''}"[:64]
-    return caller.identity
-
-
-async def _idempotent(service: ImageService, request: ImageRequest, http: Request, caller: Caller, key: str) -> Response:
-    if not key or len(key) > 255:
-        raise InvalidRequestError("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    scope = _idempotency_scope(caller, http)
-    fingerprint = request.fingerprint(caller.virtual_key)
-    policy = service.routes[request.model].policy
-    replay = await service.idempotency.claim(
-        scope, key, fingerprint, wait_seconds=policy.deadline_seconds, lease_seconds=policy.deadline_seconds
-    )
-    if replay is not None:
-        body = await service.refresh_hosted_urls(replay.body, _base_url(http))
-        headers = {**replay.headers, COST_HEADER: usd_str(0), "x-imagegate-idempotent-replay": "true"}
-        return Response(body, status_code=replay.status, headers=headers, media_type="application/json")
-    try:
-        response = await _run(service, request, http, caller)
-    except BaseException:
-        await asyncio.shield(service.idempotency.release(scope, key))  # a retry runs afresh
-        raise
-    kept = {k: v for k, v in response.headers.items() if k.startswith("x-imagegate-") and k != COST_HEADER}
-    await service.idempotency.complete(scope, key, response.status_code, kept, bytes(response.body))
-    return response
-
-
-def _served_headers(served: Served) -> dict[str, str]:
-    """What served the request and what the gateway changed (docs/output.md).
-    Errors after routing started carry the same model/provider/attempts
-    headers (``routing.route_headers``, on the error itself)."""
-    headers = served.headers()
-    if served.resized:  # a stream's: its first event's images (the headers go before the rest)
-        headers["x-imagegate-resized"] = ", ".join(served.resized)
-    return headers
+    # answer.headers: what served it (model, provider, attempts, resizes; docs/output.md), or that it is a replay
+    headers = {COST_HEADER: usd_str(answer.cost), **answer.headers}
+    return Response(answer.body, status_code=answer.status, headers=headers, media_type="application/json")
 
 
 async def _stream(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
-    reserved, served, events = await service.open_stream(request, _base_url(http), caller, request_id(http))
-    # The first event is awaited before answering, so a request that fails at
+    # The first event is ready before answering, so a request that fails at
     # once still gets a plain JSON error with the right status.
-    first = await anext(events)
+    stream = await service.open_stream(request, _base_url(http), caller, request_id(http))
 
     async def body() -> AsyncIterator[bytes]:
-        yield sse(first.type, first)
         try:
-            async for event in events:
+            async for event in stream.events:
                 yield sse(event.type, event)
         except ImagegateError as exc:
             yield sse("error", exc.envelope())
@@ -154,15 +111,15 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
             log.exception("stream failed after it started")
             yield sse("error", ImagegateError("The server had an error while streaming.", code="internal_error").envelope())
         finally:
-            await events.aclose()
+            await stream.events.aclose()
 
     # The cost is known only when the stream ends (it is in the usage records);
     # the headers carry what was reserved for it.
     headers = {
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
-        RESERVED_HEADER: usd_str(reserved),
-        **_served_headers(served),
+        RESERVED_HEADER: usd_str(stream.reserved),
+        **stream.headers,
     }
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 

@@ -19,20 +19,28 @@ again, and which to leave alone for a while.
   and the error that ends :func:`execute` carries the same facts as its
   headers (:func:`route_headers`): the model and provider of the last
   attempt, and how many attempts were made.
+* **Types** are kept: :func:`execute` is generic over what an attempt
+  returns, and its :class:`Served` carries that value as it was typed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 from imagegate.config import RETRYABLE_KINDS, RoutingConfig
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
+
+T = TypeVar("T")
+# One attempt: the request as the leg's model sees it, on one deployment.
+Attempt = Callable[[ImageRequest, Deployment], Awaitable[T]]
 
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked", "image_generation_user_error"})
 
@@ -135,7 +143,8 @@ class Pool:
 
 
 class SlotLease:
-    """Holds a concurrency slot and the in-flight count for one attempt."""
+    """Holds a concurrency slot and the in-flight count for one attempt
+    (``async with``)."""
 
     def __init__(self, slot: Slot) -> None:
         self.slot = slot
@@ -181,18 +190,53 @@ def route_headers(model: str, provider: str | None, attempts: int) -> dict[str, 
 
 
 @dataclass
-class Served:
-    value: object
+class Served(Generic[T]):
+    """What served a request: the winning attempt's value, its leg and
+    deployment, and how many attempts it took. With ``hold``, the
+    attempt's concurrency slot stays held until ``async with served:``
+    ends (or :meth:`release`)."""
+
+    value: T
     leg: Leg
     slot: Slot
     attempts: int
-    lease: SlotLease | None = None  # still held, when the caller asked to hold it
     # What the gateway changed: each distinct resize of the answer's images
     # ("640x480->1024x1024; crop"), filled in as the images are shaped.
     resized: list[str] = field(default_factory=list)
+    _held: contextlib.AsyncExitStack | None = field(default=None, repr=False)
+
+    @property
+    def request(self) -> ImageRequest:
+        """The request as the serving model took it (a fallback's, after a fallback)."""
+        return self.leg.request
+
+    @property
+    def model(self) -> str:
+        return self.leg.request.model
+
+    @property
+    def deployment(self) -> Deployment:
+        return self.slot.deployment
+
+    @property
+    def provider(self) -> str:
+        return self.slot.deployment.provider
 
     def headers(self) -> dict[str, str]:
-        return route_headers(self.leg.request.model, self.slot.deployment.provider, self.attempts)
+        """What was tried (:func:`route_headers`)."""
+        return route_headers(self.model, self.provider, self.attempts)
+
+    async def release(self) -> None:
+        """Give back the concurrency slot held for a stream (once; no-op when none)."""
+        held, self._held = self._held, None
+        if held is not None:
+            await held.aclose()
+
+    async def __aenter__(self) -> Served[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
 
 
 @dataclass
@@ -204,10 +248,10 @@ class _Trace:
     attempts: int = 0
 
 
-async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: bool = False) -> Served:  # noqa: ANN001
+async def execute(legs: Sequence[Leg], call: Attempt[T], policy: RoutingConfig, *, hold: bool = False) -> Served[T]:
     """Try ``call(request, deployment)`` over the legs' deployments until one
     succeeds. ``hold`` keeps the winning attempt's concurrency slot (a stream
-    releases it when it ends). The error that ends it carries
+    releases it when it ends: ``async with served``). The error that ends it carries
     :func:`route_headers` (merged into its own headers, such as Retry-After)."""
     trace = _Trace(legs[0].request.model)
     try:
@@ -217,7 +261,7 @@ async def execute(legs: Sequence[Leg], call, policy: RoutingConfig, *, hold: boo
         raise
 
 
-async def _execute(legs: Sequence[Leg], call, policy: RoutingConfig, hold: bool, trace: _Trace) -> Served:  # noqa: ANN001, C901
+async def _execute(legs: Sequence[Leg], call: Attempt[T], policy: RoutingConfig, hold: bool, trace: _Trace) -> Served[T]:  # noqa: C901
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline_seconds
     attempts = 0
@@ -242,22 +286,17 @@ async def _execute(legs: Sequence[Leg], call, policy: RoutingConfig, hold: bool,
                     break
             attempts += 1
             trace.model, trace.provider, trace.attempts = leg.request.model, slot.deployment.provider, attempts
-            lease = SlotLease(slot)
-            deployment = slot.deployment if leg.api_key is None else _with_key(slot.deployment, leg.api_key)
+            deployment = slot.deployment if leg.api_key is None else replace(slot.deployment, api_key=leg.api_key)
             try:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                await _acquire(lease, remaining)
-                try:
+                async with contextlib.AsyncExitStack() as lease:
+                    await _acquire(lease, SlotLease(slot), remaining)
                     value = await _attempt(call, leg.request, deployment, min(remaining, deployment.timeout or remaining))
-                except BaseException:
-                    await lease.__aexit__(None, None, None)
-                    raise
-                if not hold:
-                    await lease.__aexit__(None, None, None)
+                    held = lease.pop_all() if hold else None  # the stream's now: released when it ends
                 leg.pool.succeeded(slot)
-                return Served(value, leg, slot, attempts, lease if hold else None)
+                return Served(value, leg, slot, attempts, _held=held)
             except ImagegateError as exc:
                 leg.pool.failed(slot, exc)
                 last = exc
@@ -280,21 +319,15 @@ def _pick(leg: Leg, tried: list[Slot]) -> Slot | None:
     return min(fresh, key=lambda s: s.in_flight) if fresh else None
 
 
-def _with_key(deployment: Deployment, api_key: str) -> Deployment:
-    from dataclasses import replace
-
-    return replace(deployment, api_key=api_key)
-
-
-async def _acquire(lease: SlotLease, remaining: float) -> None:
+async def _acquire(stack: contextlib.AsyncExitStack, lease: SlotLease, remaining: float) -> None:
     try:
         async with asyncio.timeout(remaining):
-            await lease.__aenter__()
+            await stack.enter_async_context(lease)
     except TimeoutError:
         raise UpstreamTimeoutError("Every deployment was busy until the request's deadline.", code="deployments_busy") from None
 
 
-async def _attempt(call, request: ImageRequest, deployment: Deployment, limit: float):  # noqa: ANN001, ANN202
+async def _attempt(call: Attempt[T], request: ImageRequest, deployment: Deployment, limit: float) -> T:
     try:
         async with asyncio.timeout(limit):
             return await call(request, deployment)

@@ -1,10 +1,19 @@
 """The storage contract: where result images live while their URL is valid.
 
 A backend stores immutable objects under random keys and finds them again.
+Backends are found by the scheme of ``storage.url``
+(:mod:`imagegate.storage.registry`) and built with :meth:`Storage.from_url`.
 
 * ``put`` stores bytes and returns the new key (``<random>.<ext>``).
-* ``get`` returns the :class:`StoredObject` or None when the key is unknown
-  or already swept.
+* ``open`` returns an :class:`ObjectStream` (size, content type, creation
+  time, and the bytes as chunks, read as they are sent), or None when the
+  key is unknown or already swept. ``get`` reads a whole object (tests,
+  small tools); the gateway streams.
+* ``url_for`` may hand out the backend's own URL for a key, valid for at
+  least ``ttl_seconds`` (an object store's presigned URL); None, the
+  default, means the gateway signs its own URL and serves the object
+  itself. A backend that hands out URLs also says which key one of them
+  is for (``key_of_url``), so a replayed answer's URLs are issued afresh.
 * ``touch`` keeps an object as long again as a new one (a re-signed URL).
 * ``sweep`` deletes objects stored before ``older_than`` (a Unix time) and
   returns how many it removed.
@@ -19,8 +28,9 @@ object just written is never the one deleted. An evicted object's URL
 answers 410, as an expired one does.
 
 Keys are generated here, never taken from a client, so no client-supplied
-name is ever used as a path. :class:`MemoryStorage` is the in-process
-implementation for tests; ``storage.local.LocalStorage`` the default.
+name is ever used as a path. :class:`MemoryStorage` (``memory://``) is the
+in-process implementation for tests; ``storage.local.LocalStorage``
+(``file://PATH``) the default.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -67,6 +78,53 @@ class StoredObject:
     created: float
 
 
+class ObjectStream:
+    """An open stored object: what is known of it now, and its bytes as they
+    are read (iterate once). ``aclose`` releases what keeps it open (a file
+    handle, a connection), whether or not it was read; call it always."""
+
+    __slots__ = ("key", "size", "content_type", "created", "_chunks", "_close")
+
+    def __init__(
+        self,
+        key: str,
+        size: int,
+        content_type: str,
+        created: float,
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.key = key
+        self.size = size
+        self.content_type = content_type
+        self.created = created
+        self._chunks = chunks
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def read(self) -> bytes:
+        """All of it, then closed."""
+        try:
+            return b"".join([chunk async for chunk in self._chunks])
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        close, self._close = self._close, None
+        try:
+            if isinstance(self._chunks, AsyncGenerator):
+                await self._chunks.aclose()
+        finally:
+            if close is not None:
+                await close()
+
+
+async def _one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
 def new_key(ext: str) -> str:
     if ext not in MIME_TYPES:
         raise ValueError(f"cannot store {ext!r}")
@@ -78,19 +136,50 @@ def content_type_for(key: str) -> str:
 
 
 class Storage(ABC):
+    @classmethod  # noqa: B027 - optional hook
+    def check_url(cls, url: str) -> None:
+        """Raise ValueError for a ``storage.url`` of this backend's scheme
+        that cannot work (checked when the config loads)."""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, max_bytes: int | None) -> Storage:
+        """The backend for ``storage.url`` (checked by :meth:`check_url`),
+        keeping its total under ``max_bytes`` (``storage.max_gb``) when given."""
+
     @abstractmethod
     async def put(self, data: bytes, ext: str) -> str: ...
 
     @abstractmethod
-    async def get(self, key: str) -> StoredObject | None: ...
+    async def open(self, key: str) -> ObjectStream | None: ...
 
     @abstractmethod
     async def sweep(self, older_than: float) -> int: ...
 
+    async def get(self, key: str) -> StoredObject | None:
+        """The whole object, or None when it is gone."""
+        stream = await self.open(key)
+        if stream is None:
+            return None
+        return StoredObject(key, await stream.read(), stream.content_type, stream.created)
+
+    async def url_for(self, key: str, ttl_seconds: int) -> str | None:
+        """The backend's own URL for ``key``, valid ``ttl_seconds`` at least;
+        None (the default): the gateway signs its own and serves the object."""
+        return None
+
+    def key_of_url(self, url: str) -> str | None:
+        """The key one of this backend's own URLs (from ``url_for``) is for, else None."""
+        return None
+
     async def touch(self, key: str) -> bool:
         """Keep ``key`` as long again as a new object (its URL was signed
         afresh); False when it is gone. Backends that can, override this."""
-        return await self.get(key) is not None
+        stream = await self.open(key)
+        if stream is None:
+            return False
+        await stream.aclose()
+        return True
 
     async def usage(self) -> StorageUsage | None:
         """What is stored now; None when this backend cannot count it."""
@@ -104,7 +193,12 @@ class Storage(ABC):
 
 
 class MemoryStorage(Storage):
-    """Keeps objects in a dict; for tests and single-process experiments."""
+    """Keeps objects in a dict; for tests and single-process experiments
+    (``memory://``: each server process has its own, empty at start)."""
+
+    @classmethod
+    def from_url(cls, url: str, *, max_bytes: int | None) -> MemoryStorage:
+        return cls(max_bytes)
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._objects: dict[str, StoredObject] = {}
@@ -125,8 +219,11 @@ class MemoryStorage(Storage):
         self._trim(keep=key)
         return key
 
-    async def get(self, key: str) -> StoredObject | None:
-        return self._objects.get(key)
+    async def open(self, key: str) -> ObjectStream | None:
+        obj = self._objects.get(key)
+        if obj is None:
+            return None
+        return ObjectStream(key, len(obj.data), obj.content_type, obj.created, _one_chunk(obj.data))
 
     async def touch(self, key: str) -> bool:
         obj = self._objects.get(key)

@@ -1,4 +1,4 @@
-"""Local-directory storage (the default).
+"""Local-directory storage (the default): ``storage.url: file://PATH``.
 
 Files live under ``<root>/<first two key characters>/<key>``; writes go to a
 temporary name and are renamed into place, so a reader never sees half a
@@ -13,6 +13,11 @@ directory at the first write, then the size of each write) and, when a write
 takes it over the cap, scans again and deletes the oldest files (by mtime)
 down to ``TRIM_TO`` of the cap. Each sweep recounts exactly and trims too,
 so the total stays right when several processes share the directory.
+
+Reads stream: ``open`` opens the file and reads its size (off the event
+loop), and the bytes follow in chunks of :data:`CHUNK_BYTES` as they are
+sent. A file swept while it is being sent is still sent whole (the open
+handle keeps it).
 """
 
 from __future__ import annotations
@@ -22,17 +27,25 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import BinaryIO
 
 from imagegate.errors import ServiceUnavailableError
-from imagegate.storage.base import Storage, StorageUsage, StoredObject, content_type_for, new_key, oldest_first
+from imagegate.storage.base import ObjectStream, Storage, StorageUsage, content_type_for, new_key, oldest_first
 
 log = logging.getLogger("imagegate.storage")
+
+CHUNK_BYTES = 512 * 1024
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)")  # fullmatch: "<key>\n" is no key
 
 
 class LocalStorage(Storage):
+    @classmethod
+    def from_url(cls, url: str, *, max_bytes: int | None) -> LocalStorage:
+        return cls(Path(url.removeprefix("file://")), max_bytes=max_bytes)
+
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -74,23 +87,44 @@ class LocalStorage(Storage):
                     log.warning("trimming the image store to storage.max_gb failed: %s", exc)
         return key
 
-    def _read(self, key: str) -> StoredObject | None:
+    def _open(self, key: str) -> tuple[BinaryIO, os.stat_result] | None:
         path = self._path(key)
         if path is None:
             return None
         try:
-            with open(path, "rb") as fh:
-                created = os.fstat(fh.fileno()).st_mtime
-                data = fh.read()
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the ObjectStream
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             log.error("reading a stored image under %s failed: %s", self.root, exc)
             raise _unavailable(exc) from exc
-        return StoredObject(key, data, content_type_for(key), created)
+        try:
+            return fh, os.fstat(fh.fileno())
+        except BaseException:
+            fh.close()
+            raise
 
-    async def get(self, key: str) -> StoredObject | None:
-        return await asyncio.to_thread(self._read, key)
+    async def open(self, key: str) -> ObjectStream | None:
+        opened = await asyncio.to_thread(self._open, key)
+        if opened is None:
+            return None
+        fh, stat = opened
+
+        async def close() -> None:
+            fh.close()
+
+        return ObjectStream(key, stat.st_size, content_type_for(key), stat.st_mtime, self._chunks(fh), close)
+
+    async def _chunks(self, fh: BinaryIO) -> AsyncGenerator[bytes, None]:
+        while True:
+            try:
+                chunk = await asyncio.to_thread(fh.read, CHUNK_BYTES)
+            except OSError as exc:
+                log.error("reading a stored image under %s failed: %s", self.root, exc)
+                raise _unavailable(exc) from exc
+            if not chunk:
+                return
+            yield chunk
 
     def _touch(self, key: str) -> bool:
         path = self._path(key)

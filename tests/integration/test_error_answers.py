@@ -52,7 +52,7 @@ def test_an_unexpected_exception_is_an_enveloped_500_with_request_id(
     def broken(self: LocalStorage, key: str) -> None:
         raise RuntimeError("a bug nobody foresaw")
 
-    monkeypatch.setattr(LocalStorage, "_read", broken)
+    monkeypatch.setattr(LocalStorage, "_open", broken)
     path = url.removeprefix(running.base_url)
     conn = http.client.HTTPConnection(running.base_url.removeprefix("http://"), timeout=10)
     try:

@@ -11,10 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from imagegate.gateway.service import ImageService
-from imagegate.storage.base import MemoryStorage, StoredObject
+from imagegate.gateway.sweeper import Sweeper
+from imagegate.storage.base import MemoryStorage, Storage, StoredObject
 from imagegate.storage.local import LocalStorage
-from imagegate.storage.signing import URLSigner
 
 
 class _BrokenStorage(MemoryStorage):
@@ -33,21 +32,22 @@ class _Calls:
             raise RuntimeError("database is locked")
 
 
-def _service(storage: object, idempotency: _Calls, housekeeping: _Calls) -> SimpleNamespace:
-    return SimpleNamespace(
-        storage=storage,
-        signer=URLSigner(b"k" * 32, 60),
-        idempotency=SimpleNamespace(sweep=idempotency),
-        accounting=SimpleNamespace(housekeeping=housekeeping),
+def _sweeper(storage: Storage, idempotency: _Calls, housekeeping: _Calls) -> Sweeper:
+    return Sweeper(
+        storage,
+        60,
+        SimpleNamespace(sweep=idempotency),  # type: ignore[arg-type]
+        SimpleNamespace(housekeeping=housekeeping),  # type: ignore[arg-type]
+        interval_seconds=60,
     )
 
 
 def test_a_failing_storage_sweep_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
     idempotency, housekeeping = _Calls(), _Calls()
-    service = _service(_BrokenStorage(), idempotency, housekeeping)
+    sweeper = _sweeper(_BrokenStorage(), idempotency, housekeeping)
     with caplog.at_level(logging.INFO, logger="imagegate"):
         for _ in range(3):
-            asyncio.run(ImageService.sweep_once(service))  # type: ignore[arg-type]
+            asyncio.run(sweeper.once())
     assert (idempotency.count, housekeeping.count) == (3, 3)
     lines = [r for r in caplog.records if r.name.startswith("imagegate")]
     assert len(lines) == 3, "one line per failing pass"
@@ -60,7 +60,7 @@ def test_a_failing_idempotency_sweep_does_not_stop_the_others(caplog: pytest.Log
     storage._objects["old.png"] = StoredObject("old.png", b"x", "image/png", time.time() - 3600)
     idempotency, housekeeping = _Calls(fail=True), _Calls()
     with caplog.at_level(logging.WARNING, logger="imagegate"):
-        asyncio.run(ImageService.sweep_once(_service(storage, idempotency, housekeeping)))  # type: ignore[arg-type]
+        asyncio.run(_sweeper(storage, idempotency, housekeeping).once())
     assert storage._objects == {} and housekeeping.count == 1
     assert ["sweeping idempotency records failed" in r.getMessage() for r in caplog.records] == [True]
 

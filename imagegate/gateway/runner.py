@@ -1,0 +1,208 @@
+"""Running a request: its legs (model, then fallbacks), admission, routing
+over deployments, post-processing, hosting, and settlement on every way out.
+
+* :meth:`RequestRunner.create` runs a request to its end and returns the
+  :class:`Created` answer (the response, its cost, what served it).
+* :meth:`RequestRunner.open_stream` admits a streaming request and runs it
+  until its first event (retries and fallbacks happen only before that),
+  then yields typed events and settles when they end.
+
+Accounting settles the request on every way out: success, error, cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
+from imagegate.config import ModelRouteConfig
+from imagegate.contract.requests import ImageRequest
+from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
+from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, ImageMeta, PartialImage, ProviderResult
+from imagegate.contract.validate import retarget
+from imagegate.errors import ImagegateError, InvalidRequestError
+from imagegate.gateway.checks import check_usage, checked_result, warn_extra_images
+from imagegate.gateway.hosted import HostedFiles
+from imagegate.gateway.output import ResizePolicy, Shaped, shape_images
+from imagegate.gateway.rendering import add_usage, images_response, stream_event
+from imagegate.gateway.routes import Route, fallback_chain
+from imagegate.gateway.routing import Leg, Served, execute
+from imagegate.providers.base import Provider
+
+StreamItem = PartialImage | CompletedImage
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    response: ImagesResponse
+    cost: int  # nano-dollars
+    served: Served[ProviderResult]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    reserved: int  # nano-dollars held for it (the cost is known when it ends)
+    served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]]
+    events: AsyncGenerator[StreamEvent, None]
+
+
+class RequestRunner:
+    def __init__(
+        self,
+        routes: dict[str, Route],
+        providers: Mapping[str, Provider],
+        accounting: Accounting,
+        hosted: HostedFiles,
+        models: Mapping[str, ModelRouteConfig],
+        max_image_pixels: int,
+    ) -> None:
+        self.routes = routes
+        self.providers = providers
+        self.accounting = accounting
+        self.hosted = hosted
+        self.resize = {name: ResizePolicy.of(model.resize, model.pad_color) for name, model in models.items()}
+        self.max_image_pixels = max_image_pixels
+
+    async def legs(self, request: ImageRequest, caller: Caller) -> list[Leg]:
+        """The request's chain: its model, then each fallback that accepts it
+        and that the caller may use (a key's allowed models bind fallbacks too)."""
+        route = self.routes[request.model]
+        if caller.virtual_key is not None:  # a provider's own credential: that provider only, no fallbacks
+            async with self.accounting.db.read() as session:
+                provider_name, secret = await self.accounting.vault.open(session, caller.virtual_key, caller)
+            if not any(d.provider == provider_name for d in route.deployments):
+                raise InvalidRequestError(
+                    f"The virtual key is for provider '{provider_name}', which does not serve model '{request.model}'.",
+                    param="x-portkey-virtual-key",
+                    code="virtual_key_mismatch",
+                )
+            return [Leg(request, route.pool, route.fallback_on, provider_name, secret)]
+        legs = [Leg(request, route.pool, route.fallback_on)]
+        for name in fallback_chain(self.routes, request.model):
+            if not caller.may_use(name):
+                continue
+            fallback = self.routes[name]
+            retargeted = retarget(request, name, fallback.rules)
+            if retargeted is not None:
+                legs.append(Leg(retargeted, fallback.pool, fallback.fallback_on))
+        return legs
+
+    @staticmethod
+    def _candidates(legs: Sequence[Leg]) -> list[tuple[ImageRequest, Deployment]]:
+        return [(leg.request, slot.deployment) for leg in legs for slot in leg.pool.slots]
+
+    async def _admit(self, request: ImageRequest, caller: Caller, request_id: str) -> tuple[list[Leg], Admission]:
+        legs = await self.legs(request, caller)
+        deadline = self.routes[request.model].policy.deadline_seconds
+        admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id, deadline)
+        return legs, admission
+
+    async def create(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> Created:
+        """Run a request over its deployments and fallbacks."""
+        legs, admission = await self._admit(request, caller, request_id)
+
+        async def call(req: ImageRequest, deployment: Deployment) -> ProviderResult:
+            result = await self.providers[deployment.provider].run(req, deployment)
+            return checked_result(req, result, deployment.provider)
+
+        served: Served[ProviderResult] | None = None
+        try:
+            served = await execute(legs, call, self.routes[request.model].policy)
+            shaped = await self._shape(served.request, served.value.images, served)
+            data = await asyncio.gather(*(self._image_data(served.request, s, base_url) for s in shaped))
+        except BaseException as exc:  # failed or cancelled: charged nothing
+            if isinstance(exc, ImagegateError) and served is not None:  # what was tried goes with the error too
+                exc.headers = {**exc.headers, **served.headers()}
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        req, result = served.request, served.value
+        admission.serve(req, served.deployment)
+        # Shielded: a client hanging up now must not cut the charge of work already done.
+        cost = await asyncio.shield(self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta)))
+        return Created(images_response(req, result, shaped, list(data)), cost, served)
+
+    async def open_stream(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> OpenedStream:
+        """Admit a streaming request and run it until its first event; it is
+        settled when the events end."""
+        legs, admission = await self._admit(request, caller, request_id)
+
+        async def first(req: ImageRequest, deployment: Deployment) -> tuple[StreamItem, AsyncIterator[StreamItem]]:
+            events = self.providers[deployment.provider].stream(req, deployment)
+            try:
+                head = await anext(events)
+                if isinstance(head, CompletedImage):
+                    check_usage(head.usage, deployment.provider)
+                return head, events
+            except BaseException:
+                await _aclose(events)
+                raise
+
+        try:
+            served = await execute(legs, first, self.routes[request.model].policy, hold=True)
+        except BaseException as exc:
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        admission.serve(served.request, served.deployment)
+        return OpenedStream(admission.reserved, served, self._stream(served, admission))
+
+    async def _stream(
+        self, served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]], admission: Admission
+    ) -> AsyncGenerator[StreamEvent, None]:
+        request, (head, rest) = served.request, served.value
+        images, usage, meta, extra = 0, None, ImageMeta(), 0
+
+        async def items() -> AsyncIterator[StreamItem]:
+            yield head
+            async for item in rest:
+                yield item
+
+        async with served:  # the deployment's slot is held until the stream ends
+            try:
+                async for item in items():
+                    if isinstance(item, CompletedImage):
+                        check_usage(item.usage, served.provider)
+                    if images >= request.n:  # more than asked: neither returned nor charged
+                        if isinstance(item, CompletedImage):
+                            extra += 1
+                        continue
+                    (shaped,) = await self._shape(request, [item.image], served)
+                    if isinstance(item, PartialImage):
+                        yield stream_event(request, "partial_image", shaped, item.meta, None, item.index)
+                    else:
+                        images += 1
+                        usage = add_usage(usage, item.usage)
+                        meta = item.meta
+                        yield stream_event(request, "completed", shaped, meta, item.usage, None)
+            except BaseException as exc:
+                await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+                raise
+            finally:
+                await _aclose(rest)
+        if extra:
+            warn_extra_images(request, images + extra, served.provider)
+        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta)))
+
+    async def _shape(self, request: ImageRequest, images: Sequence[GeneratedImage], served: Served[Any]) -> list[Shaped]:
+        """Images as the client asked them (format, size), under the model's
+        resize policy; each distinct resize is noted on ``served`` for the
+        answer's x-imagegate-resized header."""
+        shaped = await shape_images(request, images, self.max_image_pixels, self.resize[request.model], served.provider)
+        for change in (str(s.resize) for s in shaped if s.resize):
+            if change not in served.resized:
+                served.resized.append(change)
+        return shaped
+
+    async def _image_data(self, request: ImageRequest, shaped: Shaped, base_url: str) -> ImageData:
+        if request.response_format == "url":
+            url = await self.hosted.publish(shaped.image, shaped.format, base_url)
+            return ImageData(url=url, revised_prompt=shaped.image.revised_prompt)
+        return ImageData(b64_json=shaped.image.b64, revised_prompt=shaped.image.revised_prompt)
+
+
+async def _aclose(events: AsyncIterator[StreamItem]) -> None:
+    """Close a provider's event stream (an async generator; any other iterator has nothing to close)."""
+    if isinstance(events, AsyncGenerator):
+        await events.aclose()
