@@ -47,7 +47,7 @@ TEST_PATTERN_RULES = register(
 class PatternOptions(ProviderOptions):
     # Formats rendered natively; others are converted by the gateway (set this
     # to [png] to see how a provider with one output format behaves).
-    formats: list[Literal["png", "jpeg", "webp"]] = Field(default_factory=lambda: ["png", "jpeg", "webp"])
+    formats: list[Literal["png", "jpeg", "webp"]] = ["png", "jpeg", "webp"]  # pydantic copies it per instance
     # Render at this size whatever was asked (the gateway then resizes), like
     # an upstream with fixed resolutions. None: render the asked size.
     fixed_size: str | None = None

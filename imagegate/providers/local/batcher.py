@@ -37,7 +37,7 @@ class Job:
     key: Hashable  # jobs with equal keys may share a pipeline call
     images: int
     payload: Any
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -80,7 +80,7 @@ class Batcher:
         self.max_queue = max_queue
         self._pending: deque[Job] = deque()
         self._wake = asyncio.Event()
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._batch_seconds = 0.0  # moving average of recent batch times
         self.running = 0  # images in the batch now running
         self.stats = Stats()

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagegate.contract.catalog import (
     DIFFUSION_FIELDS,
@@ -140,11 +141,12 @@ def _locate(name: str, options: DiffusersOptions) -> Path | None:
     return None
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 # Name fragments -> family, for a hub model not downloaded yet (first match wins).
@@ -198,7 +200,7 @@ def _native(local_dir: Path | None, family: Family) -> int:
         sample = sample[0]
     if not isinstance(sample, int) or sample <= 0:
         return family.native
-    return sample * 2 ** (levels - 1)
+    return sample * (1 << (levels - 1))
 
 
 def describe_model(name: str, options: DiffusersOptions) -> ModelInfo:

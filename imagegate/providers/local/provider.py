@@ -46,7 +46,7 @@ class DiffusersProvider(Provider):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imagegate-{name}")
         self._infos: dict[str, ModelInfo] = {}
         self._batchers: dict[str, Batcher] = {}
-        self._preloading: asyncio.Task | None = None
+        self._preloading: asyncio.Task[None] | None = None
 
     # -- models ------------------------------------------------------------
 
@@ -63,7 +63,7 @@ class DiffusersProvider(Provider):
         batcher = self._batchers.get(info.name)
         if batcher is None:
 
-            async def run(batch: Batch) -> list:
+            async def run(batch: Batch) -> list[list[bytes] | Exception]:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._thread, lambda: run_batch(self.cache.get(info), batch))
 

@@ -47,9 +47,12 @@ def pick_device(option: str) -> str:
     return "cpu"
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # options.dtype's values
+
+
 def pick_dtype(option: str, device: str, family: str) -> torch.dtype:
     if option != "auto":
-        return getattr(torch, option)
+        return DTYPES[option]
     if device == "cpu":
         return torch.float32
     return torch.bfloat16 if family.startswith("flux") else torch.float16

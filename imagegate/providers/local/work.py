@@ -60,7 +60,7 @@ class Work:
         return {step: index for index, step in enumerate(s for s in at if s >= 0)}
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one pipeline call."""
         return (self.task, self.width, self.height, self.steps, self.guidance, self.strength, self.negative_prompt is None)
 
@@ -151,14 +151,22 @@ def _decode_preview(pipe: Any, latents: Any, work: Work) -> bytes:
 
 def _previewers(pipe: Any, works: list[Work]) -> list[Callable[[int, Any], None]]:
     """Per request that streams partial images: a hook decoding its first image's row."""
-    hooks, row = [], 0
+    hooks: list[Callable[[int, Any], None]] = []
+    row = 0
     for work in works:
         steps = work.preview_steps()
         if steps and work.sink is not None:
 
-            def hook(step: int, latents: Any, work: Work = work, row: int = row, steps: dict = steps) -> None:
+            def hook(
+                step: int,
+                latents: Any,
+                work: Work = work,
+                row: int = row,
+                steps: dict[int, int] = steps,
+                sink: PartialSink = work.sink,
+            ) -> None:
                 if step in steps:
-                    work.sink(steps[step], _decode_preview(pipe, latents[row : row + 1], work))  # type: ignore[misc]
+                    sink(steps[step], _decode_preview(pipe, latents[row : row + 1], work))
 
             hooks.append(hook)
         row += len(work.seeds)
@@ -194,7 +202,7 @@ def run_batch(model: LoadedModel, batch: Batch) -> list[list[bytes] | Exception]
     if "callback_on_step_end" in accepted:
         previews = _previewers(pipe, works)
 
-        def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if batch.abandoned():  # every caller hung up: stop at this step
                 pipeline._interrupt = True
             elif previews:
