@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from imagegate.accounting.service import Caller
+from imagegate.accounting.caller import Caller
 from imagegate.errors import PermissionDeniedError
 from imagegate.gateway.service import ImageService
 
 
 def get_service(request: Request) -> ImageService:
-    return request.app.state.service
+    service: ImageService = request.app.state.service
+    return service
 
 
 def _secret(request: Request) -> str | None:

@@ -41,7 +41,7 @@ LINKS = (  # (name in the JSON answer, path, what it is)
 
 
 def _root(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _index_html(root: str, base_url: str) -> str:

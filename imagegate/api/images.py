@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from imagegate.accounting.caller import Caller
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.service import Caller
 from imagegate.api import openapi
 from imagegate.api.bodies import IMAGE_FIELDS, read_form, read_json_object, require_media_type
 from imagegate.api.deps import CallerDep, ServiceDep, request_id

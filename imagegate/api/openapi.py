@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from imagegate.api.openapi_answers import ALWAYS, HEADERS, component_schemas, error, image_responses, ref
 from imagegate.config import Settings
@@ -44,7 +45,7 @@ _EXTENSION = (
 _EXTENSIONS = extra_fields_model(DIFFUSION_FIELDS).model_json_schema()["properties"]
 
 
-def _schema(model: Any, extra: dict[str, Any], required: list[str]) -> dict[str, Any]:
+def _schema(model: type[BaseModel], extra: dict[str, Any], required: list[str]) -> dict[str, Any]:
     schema = model.model_json_schema()
     for name, field in DIFFUSION_FIELDS.items():
         what = f"{field.description} {_EXTENSION}".strip()
@@ -224,7 +225,7 @@ _SECURITY_SCHEMES = {
         "description": "The same key, Portkey's way.",
     },
 }
-_KEYED = [{"bearer": []}, {"portkeyApiKey": []}]
+_KEYED: list[dict[str, list[str]]] = [{"bearer": []}, {"portkeyApiKey": []}]
 _JSON_OBJECT = {"type": "object"}
 
 # Operations outside /admin and the image routes: (success answers, error statuses).

@@ -17,14 +17,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 from imagegate.contract.fields import FieldSpec
 
 MB = 1024 * 1024
 
-GENERATIONS = "generations"
-EDITS = "edits"
-VARIATIONS = "variations"
+GENERATIONS: Final = "generations"
+EDITS: Final = "edits"
+VARIATIONS: Final = "variations"
 
 # Optional spec fields that only some models take. Fields every model takes
 # (prompt, model, n, size, user, response_format) are not listed.

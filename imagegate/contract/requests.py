@@ -90,6 +90,8 @@ class EditImageBodyJsonParam(EditFields):
         return EditFields.model_construct(sent, **{name: getattr(self, name) for name in EditFields.model_fields})
 
 
+_NO_EXTRA: Mapping[str, object] = MappingProxyType({})
+
 FIELDS_BY_ENDPOINT: dict[str, type[SpecFields]] = {
     "generations": GenerationFields,
     "edits": EditFields,
@@ -116,7 +118,7 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     # Fields outside the spec, as validated against the model's extra_fields.
-    extra: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, object] = field(default_factory=lambda: _NO_EXTRA)
 
     def fingerprint(self, *context: str | None) -> str:
         """A digest of everything the client sent: endpoint, fields, image
@@ -172,8 +174,8 @@ class ImageRequest:
 
     @property
     def output_compression(self) -> int | None:
-        value = self._get("output_compression")
-        return int(value) if value is not None else None  # type: ignore[arg-type]
+        value = self._get("output_compression")  # an int, checked by the fields' model
+        return int(value) if isinstance(value, int) else None
 
     @property
     def background(self) -> str:
@@ -185,7 +187,8 @@ class ImageRequest:
 
     @property
     def partial_images(self) -> int:
-        return int(self._get("partial_images") or 0)  # type: ignore[arg-type]
+        value = self._get("partial_images")
+        return int(value) if isinstance(value, int) else 0
 
     @property
     def seed(self) -> int | None:

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagegate.accounting.service import Accounting, Admission, Caller, Outcome, outcome_of_error
+from imagegate.accounting.caller import Caller
+from imagegate.accounting.service import Accounting, Admission, Outcome, outcome_of_error
 from imagegate.config import ModelRouteConfig
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent

@@ -23,8 +23,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagegate.accounting.caller import Caller
 from imagegate.accounting.idempotency import IdempotencyStore, Replay
-from imagegate.accounting.service import Accounting, Caller
+from imagegate.accounting.service import Accounting
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import StreamEvent
