@@ -41,8 +41,9 @@ class ResizePolicy:
     @classmethod
     def of(cls, mode: str, pad_color: str | None) -> ResizePolicy:
         """From the config's values (``pad_color`` is ``#rrggbb``)."""
-        rgb = tuple(int(pad_color[i : i + 2], 16) for i in (1, 3, 5)) if pad_color else None
-        return cls(mode, rgb)  # type: ignore[arg-type]
+        if pad_color is None:
+            return cls(mode)
+        return cls(mode, (int(pad_color[1:3], 16), int(pad_color[3:5], 16), int(pad_color[5:7], 16)))
 
 
 @dataclass(frozen=True, slots=True)
