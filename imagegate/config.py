@@ -259,6 +259,9 @@ class RoutingConfig(_Strict):
     max_retry_after_seconds: float = Field(30.0, ge=0)  # a longer Retry-After: try elsewhere instead
     cooldown_failures: int = Field(3, ge=1)  # consecutive failures that take a deployment out
     cooldown_seconds: float = Field(30.0, ge=0)
+    # Try again (elsewhere, or a fallback) after an attempt whose upstream may
+    # have started paid work (a submitted job that timed out): it may be paid twice.
+    resubmit_started: bool = False
 
 
 class DeploymentConfig(_Strict):

@@ -33,11 +33,16 @@ Errors from third-party libraries are re-raised as one of these with
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImagegateError(Exception):
     status: int = 500
     type: str = "server_error"
     default_code: str | None = None
+    # The upstream may have started (paid) work for the failed call: the router
+    # sends the request nowhere else (providers.base.AttemptRecord).
+    maybe_started: bool = False
 
     def __init__(
         self,
@@ -142,6 +147,10 @@ class UpstreamError(ImagegateError):
     status = 502
     type = "api_error"
     default_code = "upstream_error"
+
+    def __init__(self, message: str, *, maybe_started: bool = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.maybe_started = maybe_started
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -29,6 +29,7 @@ import pybase64
 
 from imagegate.config import FetchConfig
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
+from imagegate.providers.http import read_capped
 
 _MB = 1024 * 1024
 _DATA_URL_SLICE = 4 * _MB  # base64 characters decoded at a time (a multiple of 4)
@@ -263,18 +264,10 @@ class ImageFetcher:
         raise job.fail(f"Too many redirects fetching {job.label}.", "image_url_unreachable")
 
     async def _read_capped(self, response: httpx.Response, job: _Job) -> bytes:
-        declared = response.headers.get("content-length")
-        too_large = job.fail(f"The image at {job.label} is larger than {job.max_mb:g} MB.", "image_too_large")
-        if declared and declared.isdigit() and int(declared) > job.max_bytes:
-            raise too_large
-        chunks: list[bytes] = []
-        total = 0
+        def too_large() -> ImagegateError:
+            return job.fail(f"The image at {job.label} is larger than {job.max_mb:g} MB.", "image_too_large")
+
         try:
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if total > job.max_bytes:
-                    raise too_large
-                chunks.append(chunk)
+            return await read_capped(response, job.max_bytes, too_large)
         except httpx.HTTPError as exc:
             raise job.fail(f"The download of {job.label} broke off.", "image_url_unreachable") from exc
-        return b"".join(chunks)

@@ -15,6 +15,13 @@ again, and which to leave alone for a while.
   on other 4xx (validation, content policy), with exponential backoff and
   full jitter, honouring ``Retry-After``; bounded by ``max_attempts`` and the
   request's deadline.
+* **Work that may have started** is not sent again: when a failed attempt
+  may have started paid work upstream (a provider marked its
+  :class:`~imagegate.providers.base.AttemptRecord`, or raised an error with
+  ``maybe_started``: a job submission whose answer timed out), its error goes
+  to the client at once, with no retry on any deployment and no fallback,
+  unless the model's ``routing.resubmit_started`` is true. Synchronous
+  OpenAI-shaped calls never mark it, so their timeouts are retried as above.
 * **What was tried** goes with every answer: a success's :class:`Served`,
   and the error that ends :func:`execute` carries the same facts as its
   headers (:func:`route_headers`): the model and provider of the last
@@ -37,6 +44,7 @@ from imagegate.config import RETRYABLE_KINDS, RoutingConfig
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
+from imagegate.providers.base import attempt_record
 
 T = TypeVar("T")
 # One attempt: the request as the leg's model sees it, on one deployment.
@@ -302,6 +310,8 @@ async def _execute(legs: Sequence[Leg], call: Attempt[T], policy: RoutingConfig,
                 last = exc
                 tried.append(slot)
                 kind = kind_of(exc)
+                if exc.maybe_started and not policy.resubmit_started:
+                    raise  # the upstream may be doing (and charging for) it: never sent twice
                 if not retryable(kind):
                     if has_next and kind in leg.fallback_on:
                         break
@@ -328,10 +338,16 @@ async def _acquire(stack: contextlib.AsyncExitStack, lease: SlotLease, remaining
 
 
 async def _attempt(call: Attempt[T], request: ImageRequest, deployment: Deployment, limit: float) -> T:
-    try:
-        async with asyncio.timeout(limit):
-            return await call(request, deployment)
-    except TimeoutError:
-        raise UpstreamTimeoutError(
-            f"The deployment on '{deployment.provider}' did not finish within {limit:.3g} s.", code="upstream_timeout"
-        ) from None
+    with attempt_record() as record:  # the provider marks it when paid work may have started
+        try:
+            async with asyncio.timeout(limit):
+                return await call(request, deployment)
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"The deployment on '{deployment.provider}' did not finish within {limit:.3g} s.",
+                code="upstream_timeout",
+                maybe_started=record.maybe_started,
+            ) from None
+        except ImagegateError as exc:
+            exc.maybe_started = exc.maybe_started or record.maybe_started
+            raise

@@ -22,12 +22,20 @@ Contract:
 * ``deployment`` carries the upstream model name to use (model aliasing).
 * Long CPU work runs off the event loop; cancellation (client gone) must stop
   the work as soon as practical.
+* A call that may have started work the upstream charges for, and then
+  fails (a job was submitted, then the answer timed out or the connection
+  broke), says so: :func:`work_may_have_started` during the call, or
+  ``UpstreamError(..., maybe_started=True)``. The router then sends the
+  request nowhere else (see :class:`AttemptRecord`). Hosted providers get this
+  from ``HostedProvider.exchange(..., starts_work=True)``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -58,6 +66,53 @@ class FetchURL(Protocol):
         trusted_origin: str | None = None,
         max_bytes: int | None = None,
     ) -> bytes: ...
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """The router's record of one provider call (one try on one deployment).
+
+    ``maybe_started``: the upstream may have started work for this call that
+    it charges for whatever happens next (a job submission was sent; then its
+    answer timed out, the connection broke, or polling failed). The router
+    does not send such a request again, to any deployment or fallback, unless
+    the model's routing policy sets ``resubmit_started``; the call's error goes
+    to the client. A call that fails before that point (refused, no
+    connection) is retried as usual.
+
+    Synchronous OpenAI-shaped calls (the answer is the image) never mark it:
+    they are treated as not started, so their timeouts and broken connections
+    are retried as before, unless the provider says otherwise.
+    """
+
+    maybe_started: bool = False
+
+
+_ATTEMPT: ContextVar[AttemptRecord | None] = ContextVar("imagegate_attempt", default=None)
+
+
+@contextmanager
+def attempt_record() -> Iterator[AttemptRecord]:
+    """Open the record of one provider call; the router wraps every call in
+    one. It reaches the provider through the call's context, so it survives
+    the router's own timeout of the call (a cancelled call cannot raise)."""
+    record = AttemptRecord()
+    token = _ATTEMPT.set(record)
+    try:
+        yield record
+    finally:
+        _ATTEMPT.reset(token)
+
+
+def current_attempt() -> AttemptRecord:
+    """The record of the call running now (a throwaway one outside the router)."""
+    return _ATTEMPT.get() or AttemptRecord()
+
+
+def work_may_have_started() -> None:
+    """Say, during a call, that the upstream may have started paid work for it
+    from now on (call it just before sending a job submission)."""
+    current_attempt().maybe_started = True
 
 
 @dataclass(slots=True)

@@ -28,8 +28,9 @@ class ProviderEntry(Protocol):
 
     def options(self) -> dict[str, Any]: ...
 
-# type -> "module:Class"
-_TYPES: dict[str, str] = {
+
+# type -> its class, or "module:Class" (imported on first use)
+_TYPES: dict[str, str | type[Provider]] = {
     "test-pattern": "imagegate.providers.testpattern:PatternProvider",
     "openai": "imagegate.providers.openai.provider:OpenAIProvider",
     "diffusers": "imagegate.providers.local.provider:DiffusersProvider",
@@ -44,19 +45,34 @@ def known_types() -> list[str]:
     return sorted(_TYPES)
 
 
+def register(type_name: str, target: str | type[Provider]) -> None:
+    """Add a provider type (a plugin's, a test's own): its class, or
+    ``"module:Class"`` to import when a config first names it."""
+    _TYPES[type_name] = target
+
+
+def unregister(type_name: str) -> None:
+    _TYPES.pop(type_name, None)
+
+
 def provider_class(type_name: str) -> type[Provider]:
     try:
         target = _TYPES[type_name]
     except KeyError:
         raise ConfigError(f"unknown provider type {type_name!r} (known: {', '.join(known_types())})") from None
+    if not isinstance(target, str):
+        return target
     module, _, attr = target.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        cls = getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.startswith("imagegate"):
             raise
         hint = _EXTRAS.get(type_name, "")
         raise ConfigError(f"provider type {type_name!r} needs the Python package {exc.name!r}{hint}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ConfigError(f"provider type {type_name!r}: {target} is not a Provider class")
+    return cls
 
 
 def validate_provider_options(name: str, config: ProviderEntry) -> ProviderOptions:

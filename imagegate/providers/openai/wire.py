@@ -18,8 +18,9 @@ import pybase64
 
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.contract.results import GeneratedImage, ImageMeta, ProviderResult, Usage
-from imagegate.errors import ImagegateError, UpstreamError
+from imagegate.errors import UpstreamError
 from imagegate.imaging.probe import sniff_format
+from imagegate.providers.http import invalid_response
 from imagegate.providers.openai.fastjson import loads_images
 
 PATHS = {"generations": "/images/generations", "edits": "/images/edits", "variations": "/images/variations"}
@@ -61,17 +62,13 @@ def json_body(request: ImageRequest, upstream_model: str) -> bytes:
 # -- responses ----------------------------------------------------------------
 
 
-def invalid(provider: str, what: str) -> UpstreamError:
-    return UpstreamError(f"The upstream '{provider}' sent an invalid response: {what}.", code="invalid_upstream_response")
-
-
 def parse_json(provider: str, body: bytes) -> dict[str, Any]:
     try:
         data = loads_images(body)
     except orjson.JSONDecodeError:
-        raise invalid(provider, f"the body is not JSON ({len(body)} bytes)") from None
+        raise invalid_response(provider, f"the body is not JSON ({len(body)} bytes)") from None
     if not isinstance(data, dict):
-        raise invalid(provider, "the body is not a JSON object")
+        raise invalid_response(provider, "the body is not a JSON object")
     return data
 
 
@@ -93,7 +90,7 @@ def parse_usage(raw: Any, provider: str) -> Usage | None:
     try:
         return _usage(raw)
     except ValueError as exc:
-        raise invalid(provider, f"its usage is malformed ({exc})") from None
+        raise invalid_response(provider, f"its usage is malformed ({exc})") from None
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
@@ -128,11 +125,11 @@ def decode_image(provider: str, b64: Any, request: ImageRequest, revised_prompt:
     """Decode and check the whole base64 text (SIMD: ~0.1 ms for 2 MB), and
     keep the text itself to hand back unchanged when no conversion is needed."""
     if not isinstance(b64, str) or not b64:
-        raise invalid(provider, "an image has no b64_json")
+        raise invalid_response(provider, "an image has no b64_json")
     try:
         data = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid(provider, "an image's b64_json is not valid base64") from None
+        raise invalid_response(provider, "an image's b64_json is not valid base64") from None
     return GeneratedImage(data, _format_of(provider, data[:64]), b64=b64, **_extras(request, revised_prompt))
 
 
@@ -143,7 +140,7 @@ def image_from_bytes(provider: str, data: bytes, request: ImageRequest, revised_
 def _format_of(provider: str, head: bytes) -> str:
     fmt = sniff_format(head)
     if fmt is None:
-        raise invalid(provider, "an image is not PNG, JPEG or WebP")
+        raise invalid_response(provider, "an image is not PNG, JPEG or WebP")
     return fmt
 
 
@@ -158,7 +155,7 @@ def _extras(request: ImageRequest, revised_prompt: Any) -> dict[str, Any]:
 def result_items(provider: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
     items = payload.get("data")
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise invalid(provider, "no 'data' list of images")
+        raise invalid_response(provider, "no 'data' list of images")
     return items
 
 
@@ -167,58 +164,11 @@ def build_result(provider: str, images: list[GeneratedImage], payload: dict[str,
 
 
 # -- errors -------------------------------------------------------------------
-
-_PASS_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                 "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
-                 "x-ratelimit-reset-tokens")  # fmt: skip
+# An error answer is read by HostedProvider.error_from (OpenAI's envelope is the
+# base's default); an error event inside a stream, here.
 
 
-def error_from(provider: str, status: int, body: bytes, headers: dict[str, str]) -> ImagegateError:
-    """Map an upstream error answer to the client's error, faithfully.
-
-    Status, type, code, param and message pass through, with rate-limit
-    headers (the provider redacts secrets from them). Rejected upstream
-    credentials become a 502 that names the provider but repeats nothing of
-    the upstream's message (it may quote the key). A body that is no OpenAI
-    error envelope, or a status that is neither 200 nor 4xx/5xx (1xx, 201,
-    204, 3xx, 999), becomes a 502."""
-    if not 400 <= status <= 599:
-        return UpstreamError(
-            f"The upstream '{provider}' answered with HTTP status {status}, which an images API never sends.",
-            code="invalid_upstream_response",
-        )
-    if status in (401, 403):
-        return UpstreamError(
-            f"The upstream '{provider}' rejected this gateway's credentials (HTTP {status}); "
-            "check the provider's api_key in the gateway's configuration.",
-            code="upstream_auth_error",
-        )
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        payload = None
-    err = payload.get("error") if isinstance(payload, dict) else None
-    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
-        return UpstreamError(
-            f"The upstream '{provider}' answered HTTP {status} without an error envelope "
-            f"({headers.get('content-type', 'no content type')}, {len(body)} bytes).",
-            code="invalid_upstream_response",
-        )
-    passed = {k.title(): v for k, v in headers.items() if k.lower() in _PASS_HEADERS}
-    kind = err.get("type") if isinstance(err.get("type"), str) else ("api_error" if status >= 500 else "invalid_request_error")
-    code = err.get("code")
-    param = err.get("param")
-    return ImagegateError(
-        err["message"],
-        status=status,
-        type=kind,
-        code=str(code) if code is not None else None,
-        param=param if isinstance(param, str) else None,
-        headers=passed,
-    )
-
-
-def stream_error(provider: str, payload: dict[str, Any]) -> ImagegateError:
+def stream_error(provider: str, payload: dict[str, Any]) -> UpstreamError:
     """An ``error`` event in an upstream stream (``{"error": {...}}`` or the
     error object itself)."""
     err = payload.get("error") if isinstance(payload.get("error"), dict) else payload
