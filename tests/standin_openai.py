@@ -1,6 +1,12 @@
 """A stand-in OpenAI Images API upstream on loopback.
 
-It speaks the documented wire protocol (JSON generations, multipart edits and
+Protocol: OpenAI's published OpenAPI spec, images part (``CreateImageRequest``,
+``CreateImageEditRequest``, ``CreateImageVariationRequest``, ``ImagesResponse``,
+``ImageGen*Event``/``ImageEdit*Event``, ``Error``; a copy is
+``tests/data/openai-images.yaml``) and the API reference,
+https://platform.openai.com/docs/api-reference/images.
+
+It speaks that wire protocol (JSON generations, multipart edits and
 variations, ``ImagesResponse``, SSE streams, the error envelope) over real
 HTTP, records every request it receives, and answers either like OpenAI
 would or with the next scripted fault: an error status with envelope, garbage,
