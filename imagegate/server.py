@@ -133,7 +133,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- connection -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn declares it
         super().connection_made(transport)
         self._arm(self.limits.header_timeout, self._head_timed_out)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -126,7 +127,7 @@ async def list_keys(session: AsyncSession, team: str | None = None) -> list[ApiK
     return list((await session.execute(query)).scalars())
 
 
-async def update_key(session: AsyncSession, ref: str, spec: KeySpec, *, clear: set[str] = frozenset()) -> ApiKey:  # type: ignore[assignment]
+async def update_key(session: AsyncSession, ref: str, spec: KeySpec, *, clear: Set[str] = frozenset()) -> ApiKey:
     """Apply the given fields; names in ``clear`` are set to none (no limit)."""
     _check(spec)
     key = await get_key(session, ref)

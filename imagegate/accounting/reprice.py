@@ -83,8 +83,11 @@ class Report:
             "difference_usd": usd_str(self.difference_nusd),
             "written": self.written,
             "unpriced": dict(sorted(self.unpriced.items())),
-            "by_key": [g.view() for g in sorted(self.groups.values(), key=lambda g: (g.key_id or "", g.model))],
+            "by_key": self._by_key(),
         }
+
+    def _by_key(self) -> list[dict[str, object]]:
+        return [g.view() for g in sorted(self.groups.values(), key=lambda g: (g.key_id or "", g.model))]
 
     def text(self) -> str:
         view = self.view()
@@ -93,7 +96,7 @@ class Report:
                  f"difference {view['difference_usd']} USD"]  # fmt: skip
         lines += [f"still no price for model {m}: {n} row(s) left as recorded" for m, n in sorted(self.unpriced.items())]
         if self.groups:
-            lines += [to_table(view["by_key"]), "Keys' and teams' spent budgets are unchanged."]  # type: ignore[arg-type]
+            lines += [to_table(self._by_key()), "Keys' and teams' spent budgets are unchanged."]
         if not self.written:
             lines.append("(dry run: nothing written)")
         return "\n".join(lines)

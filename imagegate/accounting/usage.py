@@ -44,7 +44,7 @@ async def summarize(
     unknown = [g for g in group_by if g not in GROUPS]
     if unknown:
         raise ValueError(f"cannot group by {unknown[0]!r} (choose from {', '.join(GROUPS)})")
-    columns = _columns(session.bind.dialect.name)  # type: ignore[union-attr]
+    columns = _columns(session.get_bind().dialect.name)
     keys = [columns[g].label(g) for g in group_by]
     ok = UsageRecord.status < 400
     query = (

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from imagegate.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 
 @dataclass(slots=True)
@@ -109,7 +113,7 @@ async def parse_multipart(
     if not boundary:
         raise _malformed("the Content-Type has no boundary")
     collector = _Collector(max_parts, max_text_bytes, file_names)
-    callbacks = {
+    callbacks: MultipartCallbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,
         "on_part_end": collector.on_part_end,
@@ -118,7 +122,7 @@ async def parse_multipart(
         "on_header_end": collector.on_header_end,
         "on_headers_finished": collector.on_headers_finished,
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, callbacks)
     try:
         async for chunk in body:
             parser.write(chunk)
