@@ -245,7 +245,7 @@ class StorageConfig(_Strict):
 
 
 ErrorKind = Literal["rate_limit", "timeout", "connection", "server_error", "content_policy", "invalid_request"]
-RETRYABLE_KINDS: tuple[str, ...] = ("rate_limit", "timeout", "connection", "server_error")
+RETRYABLE_KINDS: tuple[ErrorKind, ...] = ("rate_limit", "timeout", "connection", "server_error")
 
 
 class RoutingConfig(_Strict):

@@ -126,7 +126,7 @@ class RateLimitError(ImagegateError):
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float, **kwargs) -> None:
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 
@@ -138,7 +138,7 @@ class ServiceUnavailableError(ImagegateError):
     type = "server_error"
     default_code = "service_unavailable"
 
-    def __init__(self, message: str, *, retry_after: float = 5, **kwargs) -> None:
+    def __init__(self, message: str, *, retry_after: float = 5, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 

@@ -68,7 +68,10 @@ class _Body(httpx.AsyncByteStream):
 
 
 async def _request_body(request: httpx.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream:  # type: ignore[union-attr]
+    stream = request.stream
+    if not isinstance(stream, httpx.AsyncByteStream):  # httpx's own bodies (bytes, multipart) are both kinds
+        raise TypeError("an async transport needs a request body it can read asynchronously")
+    async for chunk in stream:
         yield chunk
 
 

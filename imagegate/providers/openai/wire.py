@@ -94,8 +94,9 @@ def parse_usage(raw: Any, provider: str) -> Usage | None:
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
-    inp = raw.get("input_tokens_details") if isinstance(raw.get("input_tokens_details"), dict) else {}
-    out = raw.get("output_tokens_details") if isinstance(raw.get("output_tokens_details"), dict) else None
+    inp_raw, out_raw = raw.get("input_tokens_details"), raw.get("output_tokens_details")
+    inp: dict[str, Any] = inp_raw if isinstance(inp_raw, dict) else {}
+    out: dict[str, Any] | None = out_raw if isinstance(out_raw, dict) else None
     return Usage(
         input_tokens=_int(raw.get("input_tokens")),
         output_tokens=_int(raw.get("output_tokens")),
@@ -171,11 +172,11 @@ def build_result(provider: str, images: list[GeneratedImage], payload: dict[str,
 def stream_error(provider: str, payload: dict[str, Any]) -> UpstreamError:
     """An ``error`` event in an upstream stream (``{"error": {...}}`` or the
     error object itself)."""
-    err = payload.get("error") if isinstance(payload.get("error"), dict) else payload
-    message = err.get("message") if isinstance(err.get("message"), str) else "The upstream stream failed."
-    code = err.get("code")
+    inner = payload.get("error")
+    err: dict[str, Any] = inner if isinstance(inner, dict) else payload
+    message, code, param = err.get("message"), err.get("code"), err.get("param")
     return UpstreamError(
-        message,
+        message if isinstance(message, str) else "The upstream stream failed.",
         code=str(code) if code is not None else "upstream_error",
-        param=err.get("param") if isinstance(err.get("param"), str) else None,
+        param=param if isinstance(param, str) else None,
     )
