@@ -316,6 +316,9 @@ class Settings(_Strict):
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
     default_model: str | None = None
+    # A key or team with a budget asking for a model without a price: refuse
+    # (403 model_not_priced; fail closed), or allow it and record $0, estimated.
+    pricing_missing: Literal["refuse", "allow"] = "refuse"
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

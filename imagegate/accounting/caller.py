@@ -26,6 +26,7 @@ class Caller:
     # (its own, or its team's): only then is a reservation held.
     budget_period: str = "total"
     budgeted: bool = False
+    own_budget: bool = False  # the key itself has a budget (its team may have one too)
 
     def may_use(self, model: str) -> bool:
         """Whether the key's allowed models (None: all) include ``model``."""

@@ -44,7 +44,7 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, ImageMeta, Usage
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade_async
-from imagegate.db.models import UsageRecord, aware, utcnow
+from imagegate.db.models import Team, UsageRecord, aware, utcnow
 from imagegate.errors import (
     AuthenticationError,
     ImagegateError,
@@ -216,6 +216,7 @@ class Accounting:
             identity=f"key:{key.id}",
             budget_period=key.budget_period,
             budgeted=key.budget_nusd is not None or key.team is not None,
+            own_budget=key.budget_nusd is not None,
         )
 
     # -- prices -------------------------------------------------------------------
@@ -257,7 +258,17 @@ class Accounting:
         admission = Admission(caller, request, candidates[0][1], request_id, 0)
         if caller.kind != "key" or caller.key_id is None or not caller.budgeted:
             return admission  # no budget to hold anything against: settlement just charges
-        wanted = max(worst_case(self._price_of(r, d), r) for r, d in candidates)
+        prices = [(r, self._price_of(r, d)) for r, d in candidates]
+        unpriced = sorted({r.model for r, price in prices if price is None})
+        if unpriced and self.settings.pricing_missing == "refuse" and await self._budget_applies(caller):
+            await self.settle(admission, Outcome(status=403, error_code="model_not_priced"))
+            raise PermissionDeniedError(
+                f"Model '{unpriced[0]}' has no price, and this key's budget cannot be kept without one: "
+                f"set pricing.{unpriced[0]} in the gateway's config (or pricing_missing: allow).",
+                param="model",
+                code="model_not_priced",
+            )
+        wanted = max(worst_case(price, r) for r, price in prices)
         # The reservation is written in a task of its own: a client that hangs
         # up while it commits cancels the request, not the write, and the
         # reservation is then given back as soon as the write has ended.
@@ -272,6 +283,16 @@ class Accounting:
             raise
         admission.reserved, admission.reservation_id = held.amount, held.id
         return admission
+
+    async def _budget_applies(self, caller: Caller) -> bool:
+        """Whether the key, or its team, has a budget (asked only for an unpriced model)."""
+        if caller.own_budget:
+            return True
+        if caller.team is None:
+            return False
+        async with self.db.read() as session:
+            team = await session.get(Team, caller.team)
+            return team is not None and team.budget_nusd is not None
 
     async def _reserve(self, caller: Caller, wanted: int, request_id: str, lifetime_seconds: float) -> reservations.Held:
         assert caller.key_id is not None

@@ -195,8 +195,11 @@ class ImageService:
         for name, route in self.routes.items():
             for dep in route.deployments:
                 if self.accounting.price_for(name, dep.model, route.rules.name) is None:
-                    log.warning("model %s (%s on %s) has no price: its requests are recorded at $0; "
-                                "set pricing.%s in the config", name, dep.model, dep.provider, name)  # fmt: skip
+                    refused = self.settings.pricing_missing == "refuse"
+                    log.warning("model %s (%s on %s) has no price: %s; set pricing.%s in the config",
+                                name, dep.model, dep.provider,
+                                "keys and teams with a budget are refused it, others are recorded at $0 (estimated)"
+                                if refused else "its requests are recorded at $0 (pricing_missing: allow)", name)  # fmt: skip
 
     async def readiness(self) -> dict[str, bool]:
         return await readiness(self.storage, self.accounting.db, self.providers)

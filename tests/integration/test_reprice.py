@@ -26,6 +26,8 @@ def _config(tmp_path: Path, base_url: str, **extra: Any) -> dict[str, Any]:
         "server": {"data_dir": str(tmp_path / "data")},
         "auth": {"master_key": MASTER},
         "routing": {"max_attempts": 1},
+        # Budgeted keys may use unpriced models here (recorded at $0), so that there is usage to reprice.
+        "pricing_missing": "allow",
         "providers": {"up": {"type": "openai", "base_url": base_url}},
         "models": {  # neither has a shipped price
             "flux-pro": [{"provider": "up", "model": "black-forest-labs/flux-pro"}],
