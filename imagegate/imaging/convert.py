@@ -104,14 +104,14 @@ def edge_color(img: Image.Image, size: tuple[int, int]) -> tuple[int, int, int]:
     """The mean colour of the image's edges that padding to ``size`` will
     continue (top and bottom for bars above and below, else left and right),
     over a strip of about 1/32 of the image."""
-    rgb = img.convert("RGB")
-    w, h = rgb.size
+    w, h = img.size
     if w * size[1] >= h * size[0]:  # wider than the target: bars above and below
         t = max(1, h // 32)
-        strips = [rgb.crop((0, 0, w, t)), rgb.crop((0, h - t, w, h))]
+        boxes = [(0, 0, w, t), (0, h - t, w, h)]
     else:
         t = max(1, w // 32)
-        strips = [rgb.crop((0, 0, t, h)), rgb.crop((w - t, 0, w, h))]
+        boxes = [(0, 0, t, h), (w - t, 0, w, h)]
+    strips = [img.crop(box).convert("RGB") for box in boxes]  # only the strips are converted, not the image
     count = sum(s.width * s.height for s in strips)
     sums = [sum(ImageStat.Stat(s).sum[c] for s in strips) for c in range(3)]
     return (round(sums[0] / count), round(sums[1] / count), round(sums[2] / count))

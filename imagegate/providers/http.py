@@ -76,7 +76,7 @@ async def read_capped(response: httpx.Response, max_bytes: int, too_large: Calla
     from the running count), so an oversize body is never held whole.
     Transport errors propagate as httpx raises them."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:  # str.isdigit takes "²"
         raise too_large()
     chunks: list[bytes] = []
     total = 0

@@ -39,7 +39,8 @@ class DiffusersOptions(ProviderOptions):
     @classmethod
     def _device(cls, value: str) -> str:
         base, _, index = value.partition(":")
-        if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
+        numbered = index.isascii() and index.isdigit()  # str.isdigit alone takes "²"
+        if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not numbered)):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
         return value
 
