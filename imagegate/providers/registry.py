@@ -34,6 +34,11 @@ _TYPES: dict[str, str | type[Provider]] = {
     "test-pattern": "imagegate.providers.testpattern:PatternProvider",
     "openai": "imagegate.providers.openai.provider:OpenAIProvider",
     "diffusers": "imagegate.providers.local.provider:DiffusersProvider",
+    # Dialects of the openai provider (OpenAI-shaped upstreams).
+    "azure": "imagegate.providers.azure:AzureOpenAIProvider",
+    "xai": "imagegate.providers.xai:XAIProvider",
+    "seedream": "imagegate.providers.seedream:SeedreamProvider",
+    "recraft": "imagegate.providers.recraft:RecraftProvider",
 }
 
 
