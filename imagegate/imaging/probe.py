@@ -10,6 +10,8 @@ loop (``asyncio.to_thread``).
 from __future__ import annotations
 
 import io
+import math
+import re
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -54,6 +56,41 @@ def sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+# An SVG document's start: an optional BOM, XML declaration, comments and
+# doctype, then the root <svg> element. Read from the head only: an SVG is
+# never parsed, decoded or converted here (vector output passes through).
+_SVG_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>]*>)\s*)*<svg[\s>/]", re.S)
+_SVG_ROOT = re.compile(rb"<svg\b([^>]*)>", re.S)
+_LENGTH = r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:px)?\s*"
+
+
+def is_svg(head: bytes) -> bool:
+    """Whether ``head`` (a file's first KB or so) starts an SVG document."""
+    return _SVG_START.match(head[:4096]) is not None
+
+
+def svg_size(head: bytes) -> tuple[int, int] | None:
+    """The nominal size of an SVG from its root element's ``width`` and
+    ``height`` (plain or ``px`` numbers), else its ``viewBox``; None when it
+    states neither (or only relative units)."""
+    root = _SVG_ROOT.search(head[:4096])
+    if root is None:
+        return None
+    attrs = root.group(1).decode("utf-8", "replace")
+
+    def attr(name: str, pattern: str) -> re.Match[str] | None:
+        return re.search(rf'(?:^|\s){name}\s*=\s*["\']{pattern}["\']', attrs)
+
+    width, height = attr("width", _LENGTH), attr("height", _LENGTH)
+    if width and height:
+        w, h = math.ceil(float(width.group(1))), math.ceil(float(height.group(1)))
+    elif box := attr("viewBox", r"\s*[-0-9.]+[\s,]+[-0-9.]+[\s,]+([0-9.]+)[\s,]+([0-9.]+)\s*"):
+        w, h = math.ceil(float(box.group(1))), math.ceil(float(box.group(2)))
+    else:
+        return None
+    return (w, h) if w > 0 and h > 0 else None
 
 
 def _intact(fmt: str, data: bytes) -> bool:
