@@ -48,6 +48,8 @@ async def get_image_file(key: str, http: Request, service: ServiceDep, expires: 
         "Expires": formatdate(expiry, usegmt=True),
         "Last-Modified": formatdate(stream.created, usegmt=True),
         "X-Content-Type-Options": "nosniff",
+        # An SVG (vector output) may hold script: opened from this origin, none runs.
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
     }
     if etag in [t.strip() for t in http.headers.get("if-none-match", "").split(",")]:
         await stream.aclose()
