@@ -92,6 +92,50 @@ def check_config(path: str) -> None:
     )
 
 
+@main.command("models")
+@click.option("--config", "config_path", envvar="IMAGEGATE_CONFIG", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The same JSON as GET /admin/models.")
+def models_command(config_path: str | None, as_json: bool) -> None:
+    """Each served model's effective rules and price, and where each came from."""
+    import json
+
+    from imagegate.accounting.prices import PriceBook
+    from imagegate.contract import catalog
+    from imagegate.gateway.models_view import model_views, retirement_warnings
+    from imagegate.gateway.routes import build_routes
+
+    settings = load_or_exit(config_path)
+    entries = catalog.effective(settings.catalog)
+    routes = build_routes(settings)
+    views = model_views(routes, entries, PriceBook.build(entries.entries(), settings.pricing))
+    if as_json:
+        click.echo(json.dumps({"object": "list", "data": views}, indent=2))
+        return
+    for view in views:
+        sizes = ", ".join(view["sizes"]) + (" or WxH within limits" if view["free_size"] else "")
+        retired = f"  RETIRED {view['retired']}" if view["retired"] else ""
+        click.echo(f"{view['id']}{retired}")
+        click.echo(f"  rules: {view['rules']} ({view['rules_origin']})  endpoints: {', '.join(view['endpoints'])}")
+        click.echo(f"  sizes: {sizes}; qualities: {', '.join(view['qualities'])}; n <= {view['n_max']}")
+        if view["extra_fields"]:
+            click.echo(f"  extra fields: {', '.join(view['extra_fields'])}; unknown fields: {view['unknown_fields']}")
+        click.echo(f"  price: {_price_line(view['price'])} ({view['price_origin'] or 'none: budgeted keys are refused'})")
+    for line in retirement_warnings(settings, routes):
+        click.echo(f"warning: {line}")
+
+
+def _price_line(price: dict[str, object] | None) -> str:
+    if price is None:
+        return "unpriced"
+    if price["kind"] == "tokens":
+        rates = {k.removesuffix("_per_1m"): v for k, v in price.items() if k.endswith("_per_1m")}
+        return "USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items())
+    table = price.get("prices") or {}
+    assert isinstance(table, dict)
+    parts = [f"{k} {v}" for k, v in table.items()] + ([f"default {price['default']}"] if price.get("default") else [])
+    return "USD per image: " + ", ".join(parts)
+
+
 @main.command()
 def version() -> None:
     """Print the version."""

@@ -325,7 +325,7 @@ def usage_reprice(
     from imagegate.accounting.reprice import price_lookup
 
     settings = _settings(config_path)
-    price_of = price_lookup(settings.pricing, _rules_names(settings))
+    price_of = price_lookup(settings, _rules_names(settings))
     report = run_admin(settings, lambda admin: admin.reprice(price_of, _utc(since), _utc(until), model, dry_run=dry_run))
     click.echo(json.dumps(report.view(), indent=2) if as_json else report.text())
 

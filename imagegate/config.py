@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from imagegate.contract import catalog as model_catalog
+from imagegate.contract.catalog_data import EntryConfig, PriceConfig
 from imagegate.errors import ConfigError
 from imagegate.providers.registry import validate_provider_options
 from imagegate.storage import registry as storage_registry
@@ -207,27 +209,6 @@ class RateLimitConfig(_Strict):
         return value
 
 
-class PriceConfig(_Strict):
-    """USD. Either per_image (one price, or {"QUALITY SIZE": price, default: price})
-    or token rates per million tokens (image_output_per_1m required)."""
-
-    per_image: float | dict[str, float] | None = None
-    text_input_per_1m: float | None = Field(None, ge=0)
-    image_input_per_1m: float | None = Field(None, ge=0)
-    image_output_per_1m: float | None = Field(None, ge=0)
-    text_output_per_1m: float | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> PriceConfig:
-        tokens = self.image_output_per_1m is not None
-        if tokens == (self.per_image is not None):
-            raise ValueError("give either per_image or image_output_per_1m (with the other token rates)")
-        prices = self.per_image.values() if isinstance(self.per_image, dict) else [self.per_image or 0]
-        if any(p < 0 for p in prices):
-            raise ValueError("prices cannot be negative")
-        return self
-
-
 class StorageConfig(_Strict):
     # Where hosted images live, by scheme (storage/registry.py): file://PATH, memory://.
     url: str | None = None  # default: file://<server.data_dir>/images
@@ -311,7 +292,10 @@ class Settings(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     storage: StorageConfig = StorageConfig()
+    # Prices only, by model name (a shortcut for catalog: {NAME: {price: ...}}; wins over the catalog's).
     pricing: dict[str, PriceConfig] = {}
+    # Models' rules and prices added or changed (imagegate/catalog/*.yaml's schema; extends: inherits).
+    catalog: dict[str, EntryConfig] = {}
     routing: RoutingConfig = RoutingConfig()
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
@@ -444,4 +428,5 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         raise ConfigError(_first_error(exc)) from exc
     for name, provider in settings.providers.items():
         validate_provider_options(name, provider)
+    model_catalog.effective(settings.catalog)  # extends: chains, required keys, defaults within the rules
     return settings

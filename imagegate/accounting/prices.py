@@ -1,15 +1,18 @@
 """Prices and what a request costs.
 
-Shipped prices are OpenAI's public ones (USD); ``pricing:`` in the config
-overrides or adds any model. Two kinds:
+Prices are data: each catalog entry's ``price:`` (``imagegate/catalog/*.yaml``,
+the config's ``catalog:``), and the config's ``pricing:`` shortcut (USD).
+Two kinds:
 
 * **per image** (dall-e-2, dall-e-3, most other providers, local models):
   a price by quality and size, or one flat price;
 * **tokens** (GPT image models): text input, image input and image output
   (and text output) per million tokens. The ``usage`` the provider returns
-  is billed exactly; when it returns none, the published output token counts
-  per quality and size are used (gpt-image-1 1024x1024: low 272, medium 1056,
-  high 4160) plus 100 per partial image, and the cost is marked estimated.
+  is billed exactly (cached input at the cached rates); when it returns
+  none, the output tokens are estimated from the entry's published table
+  per quality and size (gpt-image-1 1024x1024: low 272, medium 1056, high
+  4160) or its formula of the pixel count (gpt-image-2), plus 100 per
+  partial image, and the cost is marked estimated.
 
 Two figures per request: :func:`worst_case` (reserved against budgets at
 admission, an upper bound) and :func:`actual` (settled when it completes).
@@ -23,16 +26,19 @@ can cost a row again once a price is added (``imagegate usage reprice``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from imagegate.accounting.money import NANO, to_nano
-from imagegate.contract.catalog import parse_size
+from imagegate.contract import catalog
+from imagegate.contract.catalog import CatalogEntry, parse_size
+from imagegate.contract.catalog_data import PriceConfig
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import ImageMeta, Usage
 
-# Output image tokens per image, by quality and size (GPT image models).
+# Output image tokens per image, by quality and size, for a token price that
+# gives no estimate of its own (gpt-image-1's published counts).
 GPT_IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
     "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
     "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
@@ -67,14 +73,38 @@ class PerImage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenFormula:
+    """Output tokens from the pixel count (see ``catalog_data.OutputTokensFormula``)."""
+
+    quality_factors: Mapping[str, int]
+    area_offset: int
+    area_divisor: int
+
+    def tokens(self, quality: str, width: int, height: int) -> int:
+        q = self.quality_factors.get(quality) or max(self.quality_factors.values())
+        long, short = max(width, height), min(width, height)
+        axis = (2 * q * short + long) // (2 * long)
+        return -(-(q * axis * (self.area_offset + width * height)) // self.area_divisor)
+
+
+@dataclass(frozen=True, slots=True)
 class PerToken:
-    """Nano-dollars per token (a $/1M price divided by 1e6 stays exact)."""
+    """Nano-dollars per token (a $/1M price divided by 1e6 stays exact).
+    Cached input rates default to the uncached ones (never billed lower than
+    a rate the price states)."""
 
     text_input: int
     image_input: int
     image_output: int
     text_output: int = 0
     output_tokens: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: GPT_IMAGE_OUTPUT_TOKENS)
+    formula: TokenFormula | None = None
+    text_input_cached: int | None = None
+    image_input_cached: int | None = None
+
+    @property
+    def qualities(self) -> list[str]:
+        return list(self.formula.quality_factors) if self.formula else list(self.output_tokens)
 
 
 Price = PerImage | PerToken
@@ -82,31 +112,6 @@ Price = PerImage | PerToken
 
 def _per_1m(usd: float) -> int:
     return to_nano(usd) // 1_000_000
-
-
-def _per_image(prices: Mapping[tuple[str, str], float]) -> PerImage:
-    return PerImage({k: to_nano(v) for k, v in prices.items()})
-
-
-_DALLE2 = {("standard", s): p for s, p in (("256x256", 0.016), ("512x512", 0.018), ("1024x1024", 0.020))}
-_DALLE3 = {
-    ("standard", "1024x1024"): 0.040,
-    ("standard", "1792x1024"): 0.080,
-    ("standard", "1024x1792"): 0.080,
-    ("hd", "1024x1024"): 0.080,
-    ("hd", "1792x1024"): 0.120,
-    ("hd", "1024x1792"): 0.120,
-}
-
-BUILTIN: dict[str, Price] = {
-    "dall-e-2": _per_image(_DALLE2),
-    "dall-e-3": _per_image(_DALLE3),
-    "gpt-image-1": PerToken(_per_1m(5.00), _per_1m(10.00), _per_1m(40.00)),
-    "gpt-image-1-mini": PerToken(_per_1m(2.00), _per_1m(2.50), _per_1m(8.00)),
-    "gpt-image-1.5": PerToken(_per_1m(5.00), _per_1m(8.00), _per_1m(32.00), _per_1m(10.00)),
-    "chatgpt-image-latest": PerToken(_per_1m(5.00), _per_1m(8.00), _per_1m(32.00), _per_1m(10.00)),
-    "test-pattern": PerImage(default=0),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +124,19 @@ class Cost:
     # The output tokens billed at the image and the text rate (from reported usage only).
     output_image_tokens: int | None = None
     output_text_tokens: int | None = None
+    input_cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Tokens:
-    """Token counts as a token price applies to them."""
+    """Token counts as a token price applies to them. ``cached_in`` is the
+    part of the input (text and image) served from the upstream's cache."""
 
     text_in: int
     image_in: int
     image_out: int
     text_out: int = 0
+    cached_in: int = 0
 
 
 def billed(usage: Usage) -> Tokens:
@@ -139,15 +147,26 @@ def billed(usage: Usage) -> Tokens:
     text_in = max(0, usage.input_text_tokens)
     image_in = max(0, usage.input_image_tokens)
     text_in += max(0, usage.input_tokens - text_in - image_in)
+    cached = min(max(0, usage.input_cached_tokens), text_in + image_in)
     if usage.output_image_tokens is not None or usage.output_text_tokens is not None:
-        return Tokens(text_in, image_in, max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0))
-    return Tokens(text_in, image_in, max(0, usage.output_tokens))
+        out_image, out_text = max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0)
+        return Tokens(text_in, image_in, out_image, out_text, cached)
+    return Tokens(text_in, image_in, max(0, usage.output_tokens), cached_in=cached)
 
 
 def token_cost(price: PerToken, tokens: Tokens) -> int:
+    """The cost of ``tokens``. Cached input is reported as one number, not
+    split into text and image: it is taken from the text input first, whose
+    discount is the smaller, so the charge is never below the real one."""
+    text_cached = min(tokens.cached_in, tokens.text_in)
+    image_cached = min(tokens.cached_in - text_cached, tokens.image_in)
+    text_cached_rate = price.text_input if price.text_input_cached is None else price.text_input_cached
+    image_cached_rate = price.image_input if price.image_input_cached is None else price.image_input_cached
     nusd = (
-        tokens.text_in * price.text_input
-        + tokens.image_in * price.image_input
+        (tokens.text_in - text_cached) * price.text_input
+        + text_cached * text_cached_rate
+        + (tokens.image_in - image_cached) * price.image_input
+        + image_cached * image_cached_rate
         + tokens.image_out * price.image_output
         + tokens.text_out * price.text_output
     )
@@ -163,19 +182,27 @@ def per_image_cost(price: PerImage, quality: str | None, size: str | None, image
 
 def _resolve_quality(price: Price, asked: str) -> list[str]:
     if isinstance(price, PerToken):
-        return [asked] if asked in price.output_tokens else list(price.output_tokens)
+        return [asked] if asked in price.qualities else price.qualities
     qualities = {q for q, _ in price.table}
     return [asked] if asked in qualities else sorted(qualities) or [asked]
 
 
-def _output_tokens(price: PerToken, quality: str, size: str) -> int:
-    """Published tokens for a quality and size; for other sizes, scaled by area."""
-    table = price.output_tokens.get(quality) or price.output_tokens["high"]
+def _output_tokens(price: PerToken, quality: str, size: str, listed: Sequence[str] = ()) -> int:
+    """Output tokens of one image at a quality and size (an unknown quality,
+    e.g. "auto", counts as the dearest): from the price's formula of the
+    pixel count, else its published table (other sizes scaled by area). A
+    size that is not WIDTHxHEIGHT ("auto") counts as the largest of the
+    table's sizes and the model's ``listed`` ones."""
+    dims = parse_size(size)
+    if price.formula is not None:
+        candidates = [dims] if dims else [d for d in map(parse_size, listed) if d] or [(1024, 1024)]
+        return max(price.formula.tokens(quality, w, h) for w, h in candidates)
+    tables = price.output_tokens
+    table = tables.get(quality) or max(tables.values(), key=lambda t: max(t.values()))
     if size in table:
         return table[size]
-    dims = parse_size(size)
     if dims is None:  # "auto": the most of that quality
-        return max(table.values())
+        return max([table[s] for s in table] + [_output_tokens(price, quality, s) for s in listed if parse_size(s)])
     return math.ceil(table["1024x1024"] * dims[0] * dims[1] / (1024 * 1024))
 
 
@@ -196,7 +223,7 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         ]
         known = [c for c in candidates if c is not None]
         return n * (max(known) if known else price.most())
-    out = max(_output_tokens(price, q, request.size) for q in price.output_tokens)
+    out = max(_output_tokens(price, q, request.size, request.spec.sizes) for q in price.qualities)
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
@@ -218,6 +245,7 @@ def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage
             output_tokens=max(0, usage.output_tokens),
             output_image_tokens=tokens.image_out,
             output_text_tokens=tokens.text_out,
+            input_cached_tokens=tokens.cached_in,
         )
     if price is None:
         return Cost(0, True, **reported)
@@ -225,7 +253,7 @@ def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage
         return Cost(per_image_cost(price, quality, size, images), False, **reported)
     if tokens is not None:
         return Cost(token_cost(price, tokens), False, **reported)
-    out = images * (_output_tokens(price, quality, size) + PARTIAL_IMAGE_TOKENS * request.partial_images)
+    out = images * (_output_tokens(price, quality, size, request.spec.sizes) + PARTIAL_IMAGE_TOKENS * request.partial_images)
     text_in = math.ceil(len(request.prompt) / CHARS_PER_TOKEN)
     return Cost(out * price.image_output + text_in * price.text_input, True, text_in, None, out)
 
@@ -243,6 +271,7 @@ class Recorded:
     output_image_tokens: int | None
     output_text_tokens: int | None
     estimated: bool
+    input_cached_tokens: int | None = None
 
 
 def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
@@ -256,7 +285,8 @@ def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
         return per_image_cost(price, row.quality, row.size, row.images), False
     text_in, image_in = row.input_text_tokens or 0, row.input_image_tokens or 0
     if row.output_image_tokens is not None or row.output_text_tokens is not None:  # reported usage
-        tokens = Tokens(text_in, image_in, row.output_image_tokens or 0, row.output_text_tokens or 0)
+        cached = row.input_cached_tokens or 0
+        tokens = Tokens(text_in, image_in, row.output_image_tokens or 0, row.output_text_tokens or 0, cached)
         return token_cost(price, tokens), False
     if row.output_tokens is not None:
         return token_cost(price, Tokens(text_in, image_in, row.output_tokens)), row.estimated
@@ -264,27 +294,63 @@ def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
     return out * price.image_output, True
 
 
-def find_price(configured: Mapping[str, Price], *names: str | None) -> Price | None:
-    """The price of the first of ``names`` (upstream model, public model,
-    rules entry) in ``configured`` (the config's ``pricing:``), else in the
-    shipped table, in the same order."""
-    for table in (configured, BUILTIN):
-        for name in names:
-            if name is not None and name in table:
-                return table[name]
-    return None
+class PriceBook:
+    """Where a request's price is found: the configured prices (the config's
+    ``pricing:`` and its ``catalog:`` entries), then the shipped entries',
+    each by upstream model, public model, then rules entry name."""
+
+    def __init__(
+        self, configured: Mapping[str, Price], shipped: Mapping[str, Price], origins: Mapping[str, str] | None = None
+    ) -> None:
+        self.configured = dict(configured)
+        self.shipped = dict(shipped)
+        self._origins = dict(origins or {})
+
+    @classmethod
+    def build(cls, entries: Iterable[CatalogEntry], pricing: Mapping[str, PriceConfig]) -> PriceBook:
+        entries = list(entries)
+        configured = {e.name: price_from_config(e.price) for e in entries if e.price is not None and e.origin == "config"}
+        configured.update({name: price_from_config(cfg) for name, cfg in pricing.items()})
+        shipped = {e.name: price_from_config(e.price) for e in entries if e.price is not None and e.origin != "config"}
+        origins = {f"shipped:{e.name}": e.origin for e in entries if e.price is not None}
+        origins.update({f"configured:{e.name}": "config (catalog)" for e in entries if e.origin == "config"})
+        origins.update({f"configured:{name}": "config (pricing)" for name in pricing})
+        return cls(configured, shipped, origins)
+
+    def find(self, *names: str | None) -> Price | None:
+        return self.find_with_origin(*names)[0]
+
+    def find_with_origin(self, *names: str | None) -> tuple[Price | None, str | None]:
+        """The price and where it came from: ``"NAME, shipped (FILE)"``,
+        ``"NAME, config (catalog)"`` or ``"NAME, config (pricing)"``."""
+        for tier, table in (("configured", self.configured), ("shipped", self.shipped)):
+            for name in names:
+                if name is not None and name in table:
+                    return table[name], f"{name}, {self._origins.get(f'{tier}:{name}', tier)}"
+        return None, None
 
 
-def price_from_config(cfg: Mapping[str, Any]) -> Price:
-    """A ``pricing:`` entry (already validated by config: numbers where they belong) -> Price."""
-    if cfg.get("image_output_per_1m") is not None:
+def _per_1m_or_none(usd: float | None) -> int | None:
+    return None if usd is None else _per_1m(usd)
+
+
+def price_from_config(cfg: PriceConfig | Mapping[str, Any]) -> Price:
+    """A price entry (a catalog entry's ``price:`` or a ``pricing:`` entry) -> Price."""
+    if isinstance(cfg, Mapping):
+        cfg = PriceConfig.model_validate(cfg)
+    if cfg.image_output_per_1m is not None:
+        formula = cfg.output_tokens_formula
         return PerToken(
-            _per_1m(float(cfg.get("text_input_per_1m") or 0)),
-            _per_1m(float(cfg.get("image_input_per_1m") or 0)),
-            _per_1m(float(cfg["image_output_per_1m"])),
-            _per_1m(float(cfg.get("text_output_per_1m") or 0)),
+            _per_1m(cfg.text_input_per_1m or 0),
+            _per_1m(cfg.image_input_per_1m or 0),
+            _per_1m(cfg.image_output_per_1m),
+            _per_1m(cfg.text_output_per_1m or 0),
+            output_tokens=cfg.output_tokens or GPT_IMAGE_OUTPUT_TOKENS,
+            formula=TokenFormula(formula.quality_factors, formula.area_offset, formula.area_divisor) if formula else None,
+            text_input_cached=_per_1m_or_none(cfg.text_input_cached_per_1m),
+            image_input_cached=_per_1m_or_none(cfg.image_input_cached_per_1m),
         )
-    per_image = cfg.get("per_image")
+    per_image = cfg.per_image
     if isinstance(per_image, Mapping):
         table = {}
         default = None
@@ -295,14 +361,14 @@ def price_from_config(cfg: Mapping[str, Any]) -> Price:
                 quality, _, size = str(key).partition(" ")
                 table[(quality, size)] = to_nano(usd)
         return PerImage(table, default)
-    if per_image is None:  # config refuses such an entry
-        raise ValueError("a price needs per_image or image_output_per_1m")
+    assert per_image is not None  # PriceConfig gives one of the two
     return PerImage(default=to_nano(per_image))
 
 
 __all__ = [
     "NANO",
-    "BUILTIN",
+    "PriceBook",
+    "shipped_prices",
     "Cost",
     "Price",
     "PerImage",
@@ -311,8 +377,12 @@ __all__ = [
     "Tokens",
     "actual",
     "billed",
-    "find_price",
     "recompute",
     "worst_case",
     "price_from_config",
 ]
+
+
+def shipped_prices() -> dict[str, Price]:
+    """The prices of the package's catalog entries, by model name."""
+    return {e.name: price_from_config(e.price) for e in catalog.shipped().entries() if e.price is not None}

@@ -24,21 +24,22 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import Price, Recorded, find_price, price_from_config, recompute
+from imagegate.accounting.prices import Price, PriceBook, Recorded, recompute
 from imagegate.accounting.usage import to_table
-from imagegate.config import PriceConfig
+from imagegate.config import Settings
+from imagegate.contract import catalog
 from imagegate.db.models import UsageRecord
 
 BATCH = 1000
 PriceOf = Callable[[str, str | None], Price | None]  # (public model, upstream model) -> price
 
 
-def price_lookup(pricing: Mapping[str, PriceConfig], rules: Mapping[str, str]) -> PriceOf:
-    """Prices as the server finds them: the config's ``pricing:``, then the
-    shipped table, by upstream model, public model, then the model's rules
-    entry (``rules``: public model -> catalog name)."""
-    configured = {name: price_from_config(cfg.model_dump()) for name, cfg in pricing.items()}
-    return lambda public, upstream: find_price(configured, upstream, public, rules.get(public))
+def price_lookup(settings: Settings, rules: Mapping[str, str]) -> PriceOf:
+    """Prices as the server finds them (``PriceBook``): by upstream model,
+    public model, then the model's rules entry (``rules``: public model ->
+    catalog name)."""
+    book = PriceBook.build(catalog.effective(settings.catalog).entries(), settings.pricing)
+    return lambda public, upstream: book.find(upstream, public, rules.get(public))
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _recorded(row: UsageRecord) -> Recorded:
         size=row.size,
         input_text_tokens=row.input_text_tokens,
         input_image_tokens=row.input_image_tokens,
+        input_cached_tokens=row.input_cached_tokens,
         output_tokens=row.output_tokens,
         output_image_tokens=row.output_image_tokens,
         output_text_tokens=row.output_text_tokens,

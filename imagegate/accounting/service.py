@@ -35,11 +35,12 @@ from imagegate.accounting import budgets, keys, reservations
 from imagegate.accounting.caller import Caller
 from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import Price, actual, find_price, price_from_config, worst_case
+from imagegate.accounting.prices import Price, PriceBook, actual, worst_case
 from imagegate.accounting.ratelimit import RateLimiter
 from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
 from imagegate.config import Settings
+from imagegate.contract import catalog
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, ImageMeta, Usage
 from imagegate.db.engine import Database
@@ -111,7 +112,7 @@ class Accounting:
         self._static = [_digest(k.get_secret_value()) for k in settings.auth.api_keys]
         master = settings.auth.master_key
         self._master = _digest(master.get_secret_value()) if master else None
-        self._prices = {name: price_from_config(cfg.model_dump()) for name, cfg in settings.pricing.items()}
+        self.prices = PriceBook.build(catalog.effective(settings.catalog).entries(), settings.pricing)
         self.usage_writer = UsageWriter(self.db)
         self.journal = SettlementJournal(settings.server.data_dir / "pending-settlements.jsonl")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -222,7 +223,7 @@ class Accounting:
     # -- prices -------------------------------------------------------------------
 
     def price_for(self, public: str, upstream: str, rules: str) -> Price | None:
-        return find_price(self._prices, upstream, public, rules)
+        return self.prices.find(upstream, public, rules)
 
     # -- admission and settlement -------------------------------------------------
 
@@ -264,7 +265,8 @@ class Accounting:
             await self.settle(admission, Outcome(status=403, error_code="model_not_priced"))
             raise PermissionDeniedError(
                 f"Model '{unpriced[0]}' has no price, and this key's budget cannot be kept without one: "
-                f"set pricing.{unpriced[0]} in the gateway's config (or pricing_missing: allow).",
+                f"set catalog.{unpriced[0]}.price (or pricing.{unpriced[0]}) in the gateway's config "
+                "(or pricing_missing: allow).",
                 param="model",
                 code="model_not_priced",
             )
@@ -357,6 +359,7 @@ class Accounting:
             quality=outcome.meta.quality or request.quality,
             input_text_tokens=cost.input_text_tokens if cost else None,
             input_image_tokens=cost.input_image_tokens if cost else None,
+            input_cached_tokens=cost.input_cached_tokens if cost else None,
             output_tokens=cost.output_tokens if cost else None,
             output_image_tokens=cost.output_image_tokens if cost else None,
             output_text_tokens=cost.output_text_tokens if cost else None,

@@ -8,7 +8,7 @@ answer to their creation.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,10 +16,10 @@ from starlette.responses import Response
 
 from imagegate.accounting import keys, usage
 from imagegate.accounting.admin import Admin
-from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import PerImage, PerToken
 from imagegate.api.deps import AdminDep, ServiceDep
 from imagegate.api.render import JSONBody
+from imagegate.contract import catalog
+from imagegate.gateway.models_view import model_views
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -174,36 +174,11 @@ async def usage_summary(
     return JSONBody({"object": "list", "group_by": groups, "data": rows})
 
 
-def _price_view(price: PerImage | PerToken | None) -> dict[str, Any] | None:
-    if price is None:
-        return None
-    if isinstance(price, PerToken):
-        return {
-            "kind": "tokens",
-            "text_input_per_1m": usd_str(price.text_input * 1_000_000),
-            "image_input_per_1m": usd_str(price.image_input * 1_000_000),
-            "image_output_per_1m": usd_str(price.image_output * 1_000_000),
-            "text_output_per_1m": usd_str(price.text_output * 1_000_000),
-        }
-    table = {f"{q} {s}": usd_str(p) for (q, s), p in price.table.items()}
-    return {"kind": "per_image", "prices": table, "default": usd_str(price.default) if price.default is not None else None}
-
-
 @router.get("/models", response_model=None)
 async def models(service: ServiceDep, _: AdminDep) -> JSONBody:
-    data = []
-    for name, route in service.routes.items():
-        first = route.deployments[0]
-        data.append(
-            {
-                "id": name,
-                "rules": route.rules.name,
-                "endpoints": sorted(route.rules.endpoints),
-                "deployments": [{"provider": d.provider, "model": d.model} for d in route.deployments],
-                "price": _price_view(service.accounting.price_for(name, first.model, route.rules.name)),
-            }
-        )
-    return JSONBody({"object": "list", "data": data})
+    """Each served model's effective rules and price, and where each came from."""
+    entries = catalog.effective(service.settings.catalog)
+    return JSONBody({"object": "list", "data": model_views(service.routes, entries, service.accounting.prices)})
 
 
 @router.get("/providers", response_model=None)

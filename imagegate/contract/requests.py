@@ -44,7 +44,7 @@ class _GptImageFields(SpecFields):
     prompt: str = Field(min_length=1)
     quality: str | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_format: str | None = None  # one of the model's catalog output_formats (contract.validate)
     output_compression: int | None = Field(None, ge=0, le=100)
     moderation: Literal["low", "auto"] | None = None
     stream: bool | None = None

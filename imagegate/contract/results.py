@@ -92,6 +92,9 @@ class Usage:
     input_image_tokens: int = 0
     output_image_tokens: int | None = None
     output_text_tokens: int | None = None
+    # Input tokens served from the upstream's cache (input_tokens_details.cached_tokens):
+    # part of input_tokens, billed at the cached rates.
+    input_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ costs as little as possible:
 
 1. :func:`parse_fields` - known field names, JSON types, enums, ranges:
    the spec's schema, and the model's own fields (``extra_fields`` in its
-   catalog entry). Any other name is ``unknown_parameter``.
+   catalog entry). Any other name is ``unknown_parameter``, unless the
+   entry says ``unknown_fields: forward``: then it goes upstream untouched.
 2. :func:`check_rules` - the model's rules from the catalog (spec fields it
    takes, sizes, ``n``, prompt length, format combinations).
 3. :func:`~imagegate.contract.inputs.load_inputs` - input images sniffed from
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from imagegate.contract.catalog import GENERATIONS, SPEC_OPTIONAL_FIELDS, ModelSpec
+from imagegate.contract.catalog import COMMON_FIELDS, GENERATIONS, SPEC_OPTIONAL_FIELDS, ModelSpec
 from imagegate.contract.fields import extra_fields_model
 from imagegate.contract.inputs import check_inputs, quote_list
 from imagegate.contract.requests import ImageRequest, SpecFields
@@ -143,15 +144,26 @@ def parse_fields(schema: type[F], raw: Mapping[str, Any], spec: ModelSpec, *, fr
     own (``spec.extra_fields``). Returns the spec fields and the extra values.
     ``from_form``: values are multipart strings and are converted (``"2"`` ->
     2, ``"true"`` -> True); JSON values must already have the right type."""
+    forwarded = {}
     for name in raw:
         if name not in schema.model_fields and name not in spec.extra_fields:
-            raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+            if not _forwardable(spec, name):
+                raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+            if raw[name] is not None:
+                forwarded[name] = raw[name]
     data = {k: v for k, v in raw.items() if v is not None and k in schema.model_fields}
     extra = {k: v for k, v in raw.items() if v is not None and k in spec.extra_fields}
     try:
-        return schema.model_validate(data, strict=not from_form), _validate_extra(spec, extra, strict=not from_form)
+        fields = schema.model_validate(data, strict=not from_form)
+        return fields, {**_validate_extra(spec, extra, strict=not from_form), **forwarded}
     except ValidationError as exc:
         raise _pydantic_to_error(exc, raw) from exc
+
+
+def _forwardable(spec: ModelSpec, name: str) -> bool:
+    """A field nobody declared that the model's entry lets through untouched
+    (never a spec field sent to the wrong endpoint: that is the client's error)."""
+    return spec.unknown_fields == "forward" and name not in SPEC_OPTIONAL_FIELDS | COMMON_FIELDS
 
 
 def _validate_extra(spec: ModelSpec, values: Mapping[str, object], *, strict: bool) -> dict[str, object]:
@@ -163,13 +175,17 @@ def _validate_extra(spec: ModelSpec, values: Mapping[str, object], *, strict: bo
 
 def check_extra(name: str, spec: ModelSpec, values: Mapping[str, object]) -> dict[str, object]:
     """Already-typed extra values checked against model ``name``'s declarations."""
-    for field in values:
+    forwarded = {}
+    for field, value in values.items():
         if field not in spec.extra_fields:
-            raise InvalidRequestError(
-                f"Unknown parameter: '{field}' (model '{name}' does not take it).", param=field, code="unknown_parameter"
-            )
+            if not _forwardable(spec, field):
+                raise InvalidRequestError(
+                    f"Unknown parameter: '{field}' (model '{name}' does not take it).", param=field, code="unknown_parameter"
+                )
+            forwarded[field] = value
+    declared = {k: v for k, v in values.items() if k not in forwarded}
     try:
-        return _validate_extra(spec, values, strict=True)
+        return {**_validate_extra(spec, declared, strict=True), **forwarded}
     except ValidationError as exc:
         raise _pydantic_to_error(exc, values) from exc
 
@@ -243,6 +259,14 @@ def check_rules(endpoint: str, fields: SpecFields, name: str, spec: ModelSpec) -
         )
     if fields.size is not None and (why := spec.allows_size(fields.size)):
         raise InvalidRequestError(f"Invalid value: '{fields.size}' for 'size' with model '{name}': {why}.", param="size")
+    output_format = getattr(fields, "output_format", None)
+    if output_format is not None and output_format not in spec.output_formats:
+        raise InvalidRequestError(
+            f"Invalid value: '{output_format}'. Supported values for 'output_format' with model '{name}' are: "
+            f"{quote_list(spec.output_formats)}.{_did_you_mean(output_format, quote_list(spec.output_formats))}",
+            param="output_format",
+            code="invalid_value",
+        )
     quality = getattr(fields, "quality", None)
     if quality is not None and quality not in spec.qualities:
         raise InvalidRequestError(
@@ -261,7 +285,7 @@ def check_rules(endpoint: str, fields: SpecFields, name: str, spec: ModelSpec) -
 def _check_combinations(fields: SpecFields) -> None:
     fmt = getattr(fields, "output_format", None) or "png"
     if getattr(fields, "background", None) == "transparent" and fmt not in ("png", "webp"):
-        raise InvalidRequestError("Transparent backgrounds need output_format 'png' or 'webp', not 'jpeg'.", param="background")
+        raise InvalidRequestError(f"Transparent backgrounds need output_format 'png' or 'webp', not '{fmt}'.", param="background")
     if getattr(fields, "output_compression", None) is not None and fmt not in ("jpeg", "webp"):
         raise InvalidRequestError(
             f"'output_compression' only applies to output_format 'jpeg' or 'webp', not '{fmt}'.",

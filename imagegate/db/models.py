@@ -92,6 +92,8 @@ class UsageRecord(Base):
     quality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     input_text_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     input_image_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Of the input tokens, those the upstream served from its cache (cached rates).
+    input_cached_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The output tokens as billed at the image and the text rate, from the
     # upstream's usage (NULL: it reported none). Stored for unpriced models

@@ -48,12 +48,15 @@ def check_usage(usage: Usage | None, provider: str) -> None:
         "input_tokens_details.image_tokens": usage.input_image_tokens,
         "output_tokens_details.image_tokens": usage.output_image_tokens,
         "output_tokens_details.text_tokens": usage.output_text_tokens,
+        "input_tokens_details.cached_tokens": usage.input_cached_tokens,
     }
     for name, value in counts.items():
         if value is not None and not 0 <= value <= MAX_TOKENS:
             raise invalid_usage(provider, f"{name} is {value}")
     if usage.input_text_tokens + usage.input_image_tokens > usage.input_tokens:
         raise invalid_usage(provider, "the input token details add up to more than input_tokens")
+    if usage.input_cached_tokens > usage.input_tokens:
+        raise invalid_usage(provider, "input_tokens_details.cached_tokens is more than input_tokens")
     if (usage.output_image_tokens or 0) + (usage.output_text_tokens or 0) > usage.output_tokens:
         raise invalid_usage(provider, "the output token details add up to more than output_tokens")
     if usage.total_tokens and usage.total_tokens < usage.input_tokens + usage.output_tokens:

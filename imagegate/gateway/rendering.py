@@ -37,6 +37,7 @@ def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
         total_tokens=total.total_tokens + more.total_tokens,
         input_text_tokens=total.input_text_tokens + more.input_text_tokens,
         input_image_tokens=total.input_image_tokens + more.input_image_tokens,
+        input_cached_tokens=total.input_cached_tokens + more.input_cached_tokens,
         output_image_tokens=(total.output_image_tokens or 0) + (more.output_image_tokens or 0)
         if total.output_image_tokens is not None or more.output_image_tokens is not None
         else None,

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from imagegate.config import RoutingConfig, Settings
 from imagegate.contract import catalog
-from imagegate.contract.catalog import ModelSpec
+from imagegate.contract.catalog import Catalog, ModelSpec
 from imagegate.contract.results import Deployment
 from imagegate.errors import ConfigError
 from imagegate.gateway.routing import Pool, Slot
@@ -25,29 +26,49 @@ class Route:
     policy: RoutingConfig
 
 
-def rules_for(settings: Settings, name: str) -> ModelSpec:
+def rules_for(settings: Settings, name: str, entries: Catalog | None = None) -> ModelSpec:
+    """The catalog rules requests for public model ``name`` are checked
+    against: the route's ``rules:`` entry, else the public name's, else the
+    first deployment's upstream name's, else the provider's own (a local
+    model's, or its ``default_rules`` entry). The providers' ``unknown_fields``
+    option applies when every deployment's provider agrees."""
+    entries = entries or catalog.effective(settings.catalog)
     route = settings.models[name]
     if route.rules is not None:
-        spec = catalog.lookup(route.rules)
+        spec = entries.lookup(route.rules)
         if spec is None:
-            raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(catalog.names())})")
-        return spec
+            raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(entries.names())})")
+        return _unknown_fields(settings, name, spec)
     first = route.deployments[0]
-    spec = catalog.lookup(name) or catalog.lookup(first.model)
+    spec = entries.lookup(name) or entries.lookup(first.model)
     if spec is None:
         provider = settings.providers[first.provider]
         options = validate_provider_options(first.provider, provider)
+        cls = provider_class(provider.type)
         try:
-            spec = provider_class(provider.type).rules_for(options, first.model or name)
+            spec = cls.rules_for(options, first.model or name)
         except ConfigError as exc:
             raise ConfigError(f"models.{name}: {exc}") from None
+        if spec is None and cls.default_rules is not None:
+            spec = entries.lookup(cls.default_rules)
     if spec is None:
-        raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(catalog.names())}")
-    return spec
+        raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(entries.names())}")
+    return _unknown_fields(settings, name, spec)
+
+
+def _unknown_fields(settings: Settings, name: str, spec: ModelSpec) -> ModelSpec:
+    choices: set[Literal["forward", "reject"]] = set()
+    for dep in settings.models[name].deployments:
+        provider = settings.providers[dep.provider]
+        options = validate_provider_options(dep.provider, provider)
+        choices.add(provider_class(provider.type).unknown_fields(options) or spec.unknown_fields)
+    chosen: Literal["forward", "reject"] = "forward" if choices == {"forward"} else "reject"
+    return spec if chosen == spec.unknown_fields else replace(spec, unknown_fields=chosen)
 
 
 def build_routes(settings: Settings) -> dict[str, Route]:
     routes = {}
+    entries = catalog.effective(settings.catalog)
     for name, cfg in settings.models.items():
         policy = cfg.routing or settings.routing
         deployments = tuple(
@@ -59,7 +80,7 @@ def build_routes(settings: Settings) -> dict[str, Route]:
             for dep, d in zip(deployments, cfg.deployments, strict=True)
         ]
         routes[name] = Route(
-            rules=rules_for(settings, name),
+            rules=rules_for(settings, name, entries),
             deployments=deployments,
             pool=Pool(slots, policy),
             fallbacks=tuple(cfg.fallbacks),

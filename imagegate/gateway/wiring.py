@@ -17,6 +17,7 @@ from imagegate.accounting.service import Accounting
 from imagegate.config import Settings
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.hosted import HostedFiles
+from imagegate.gateway.models_view import log_retirements
 from imagegate.gateway.routes import build_routes, rules_for
 from imagegate.gateway.service import ImageService
 from imagegate.gateway.sweeper import Sweeper
@@ -50,11 +51,13 @@ def build_service(settings: Settings) -> ImageService:
     signer = url_signer(settings)
     idempotency = IdempotencyStore(accounting.db)
     sweeper = Sweeper(storage, signer.ttl_seconds, idempotency, accounting, settings.storage.sweep_interval_seconds)
+    routes = build_routes(settings)
+    log_retirements(settings, routes)
     return ImageService(
         settings,
         accounting=accounting,
         providers=providers,
-        routes=build_routes(settings),
+        routes=routes,
         storage=storage,
         hosted=HostedFiles(storage, signer, settings.server.public_url),
         fetcher=fetcher,

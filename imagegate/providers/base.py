@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -127,16 +127,26 @@ class ProviderContext:
 class Provider(ABC):
     type_name: ClassVar[str]
     options_model: ClassVar[type[ProviderOptions]] = ProviderOptions
-    # Catalog rules for models served by this provider when neither the public
-    # name nor the upstream name is in the catalog. None: the name must be known.
-    default_rules: ClassVar[ModelSpec | None] = None
+    # The catalog entry whose rules apply to a model served by this provider
+    # when neither the public name nor the upstream name is in the catalog
+    # (and rules_for has none). None: the name must be known.
+    default_rules: ClassVar[str | None] = None
 
     @classmethod
     def rules_for(cls, options: ProviderOptions, model: str) -> ModelSpec | None:
         """Catalog rules for ``model`` on a provider with ``options``, when the
         catalog has none for it (a local model's rules depend on its files).
-        Raise ConfigError when the model cannot be served at all."""
-        return cls.default_rules
+        Raise ConfigError when the model cannot be served at all. None: the
+        catalog entry named by ``default_rules`` applies."""
+        return None
+
+    @classmethod
+    def unknown_fields(cls, options: ProviderOptions) -> Literal["forward", "reject"] | None:
+        """Whether fields the catalog does not know go upstream untouched
+        ("forward") or are refused ("reject"), overriding the model's entry;
+        None: the entry decides. Only a provider that passes fields through
+        as sent (the openai dialects) may forward."""
+        return None
 
     def __init__(self, name: str, options: ProviderOptions, context: ProviderContext) -> None:
         self.name = name

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pydantic import Field, field_validator
 
-from imagegate.contract.catalog import EDITS, GENERATIONS, FreeSizeRule, parse_size, permissive, register
+from imagegate.contract.catalog import EDITS, GENERATIONS, parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import (
     CompletedImage,
@@ -38,10 +38,6 @@ from imagegate.contract.results import (
 from imagegate.imaging.convert import encode
 from imagegate.imaging.probe import decode_input
 from imagegate.providers.base import Provider, ProviderOptions
-
-TEST_PATTERN_RULES = register(
-    permissive("test-pattern", FreeSizeRule(multiple_of=1, max_edge=4096, max_pixels=4096 * 4096, min_pixels=64))
-)
 
 
 class PatternOptions(ProviderOptions):
@@ -146,7 +142,7 @@ def _caption(img: Image.Image, lines: list[str], cover: int = 0) -> None:
 class PatternProvider(Provider):
     type_name: ClassVar[str] = "test-pattern"
     options_model = PatternOptions
-    default_rules = TEST_PATTERN_RULES
+    default_rules = "test-pattern"  # its catalog entry (imagegate/catalog/gateway.yaml)
     options: PatternOptions
 
     # -- helpers -----------------------------------------------------------

@@ -14,8 +14,14 @@ MASTER = "master-key-for-the-unpriced-tests-01"
 
 
 def config(**extra: Any) -> dict[str, Any]:
-    # gpt-image-2 on the offline provider: no price in the config nor shipped.
-    return {**BASE_CONFIG, "auth": {"master_key": MASTER}, **extra}
+    # A house model with gpt-image-2's rules and no price (price: null drops the inherited one).
+    return {
+        **BASE_CONFIG,
+        "auth": {"master_key": MASTER},
+        "catalog": {"house-model": {"extends": "gpt-image-2", "price": None}},
+        "models": {**BASE_CONFIG["models"], "house-model": [{"provider": "demo"}]},
+        **extra,
+    }
 
 
 def admin(gw: Running, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -28,7 +34,7 @@ def key(gw: Running, **body: Any) -> dict[str, Any]:
     return r.json()
 
 
-def generate(gw: Running, secret: str, model: str = "gpt-image-2") -> httpx.Response:
+def generate(gw: Running, secret: str, model: str = "house-model") -> httpx.Response:
     return httpx.post(f"{gw.base_url}/v1/images/generations", headers={"Authorization": f"Bearer {secret}"},
                       json={"model": model, "prompt": "x", "size": "1024x1024"}, timeout=30)  # fmt: skip
 
@@ -40,7 +46,7 @@ def test_a_budget_cannot_be_spent_on_an_unpriced_model(make_server: Any) -> None
         r = generate(gw, budgeted["key"])
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "model_not_priced" and r.json()["error"]["param"] == "model"
-        assert "pricing.gpt-image-2" in r.json()["error"]["message"]
+        assert "catalog.house-model.price" in r.json()["error"]["message"]
     view = admin(gw, "GET", f"/admin/keys/{budgeted['id']}").json()
     assert (Decimal(view["spent_usd"]), Decimal(view["reserved_usd"])) == (0, 0)
     # A priced model still works for the same key.

@@ -7,11 +7,13 @@ from decimal import Decimal
 import pytest
 
 from imagegate.accounting.money import to_nano, usd_str
-from imagegate.accounting.prices import BUILTIN, actual, price_from_config, worst_case
+from imagegate.accounting.prices import actual, price_from_config, shipped_prices, worst_case
 from imagegate.contract import catalog
 from imagegate.contract.requests import EditFields, GenerationFields, ImageRequest, InputImage
 from imagegate.contract.results import ImageMeta, Usage
 from imagegate.imaging.probe import ImageInfo
+
+BUILTIN = shipped_prices()
 
 
 def gen(model: str, **fields) -> ImageRequest:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagegate.accounting.prices import BUILTIN, Cost, Recorded, actual, price_from_config, recompute
+from imagegate.accounting.prices import Cost, Recorded, actual, price_from_config, recompute, shipped_prices
 from imagegate.contract import catalog
 from imagegate.contract.requests import GenerationFields, ImageRequest
 from imagegate.contract.results import ImageMeta, Usage
@@ -15,6 +15,8 @@ DETAILED = Usage(
     1300, 1056, 2356, input_text_tokens=40, input_image_tokens=160, output_image_tokens=1000, output_text_tokens=50
 )  # undetailed input: 1100 tokens, billed as text
 UNDETAILED = Usage(200, 1056, 1256)
+
+BUILTIN = shipped_prices()
 
 
 def _request(**fields: object) -> ImageRequest:

@@ -15,37 +15,42 @@ like any other (``providers.base.AttemptRecord``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
 import orjson
 from httpx_sse import EventSource
 
-from imagegate.contract.catalog import GENERATIONS, FreeSizeRule, permissive
+from imagegate.contract.catalog import GENERATIONS
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult
 from imagegate.errors import UpstreamError
+from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import HostedOptions, HostedProvider, invalid_response
 from imagegate.providers.openai import wire
 from imagegate.providers.openai.fastjson import loads_images
 
-# Rules for a model name the catalog does not know (e.g. FLUX behind an
-# OpenAI-compatible gateway): accept every spec field and extension and let
-# the upstream decide; its errors come back faithfully.
-OPENAI_COMPATIBLE_RULES = permissive(
-    "openai-compatible", FreeSizeRule(multiple_of=1, max_edge=8192, max_pixels=8192 * 8192, max_aspect=8.0)
-)
-
 
 class OpenAIOptions(HostedOptions):
     base_url: str = "https://api.openai.com/v1"
+    # A request field the model's catalog entry does not know: sent upstream
+    # untouched (forward) or refused with 400 unknown_parameter (reject).
+    # Default: the entry decides (unlisted models forward, listed ones reject).
+    unknown_fields: Literal["forward", "reject"] | None = None
 
 
 class OpenAIProvider(HostedProvider):
     type_name: ClassVar[str] = "openai"
     options_model = OpenAIOptions
-    default_rules = OPENAI_COMPATIBLE_RULES
+    # Rules for a model name the catalog does not know (e.g. FLUX behind an
+    # OpenAI-compatible gateway): every spec field and extension, unknown
+    # fields forwarded; the upstream decides and its errors come back faithfully.
+    default_rules: ClassVar[str | None] = "openai-compatible"
     options: OpenAIOptions
+
+    @classmethod
+    def unknown_fields(cls, options: ProviderOptions) -> Literal["forward", "reject"] | None:
+        return options.unknown_fields if isinstance(options, OpenAIOptions) else None
 
     def _request(self, request: ImageRequest, deployment: Deployment) -> httpx.Request:
         path = wire.PATHS[request.endpoint]

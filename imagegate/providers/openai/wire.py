@@ -105,6 +105,7 @@ def _usage(raw: dict[str, Any]) -> Usage:
         input_image_tokens=_int(inp.get("image_tokens")),
         output_image_tokens=_int(out.get("image_tokens")) if out is not None else None,
         output_text_tokens=_int(out.get("text_tokens")) if out is not None else None,
+        input_cached_tokens=_int(inp.get("cached_tokens")),
     )
 
 

@@ -1,0 +1,349 @@
+"""The catalog's data: the schema of an entry, and how entries become rules.
+
+Entries ship as YAML files in the package (``imagegate/catalog/*.yaml``, one
+``models:`` mapping per file, one entry per model) and come from the user's
+config (``catalog:``), in the same schema. An entry may ``extends:`` another
+(shipped or from the config): it inherits every key it does not give
+(``extra_fields`` merge by name; ``abstract``, ``source`` and ``retired`` are
+facts about one name and are never inherited). A config entry with the name
+of a shipped one changes only the keys it gives. Every problem is a
+:class:`ConfigError` naming the entry and key, at start and in
+``imagegate check-config``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imagegate.contract.fields import FieldSpec, FieldType
+from imagegate.contract.rules import (
+    MB,
+    SPEC_OPTIONAL_FIELDS,
+    FreeSizeRule,
+    InputRule,
+    ModelSpec,
+)
+from imagegate.errors import ConfigError
+
+SpecField = Literal[
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "stream",
+    "partial_images",
+    "input_fidelity",
+    "style",
+]
+assert set(get_args(SpecField)) == SPEC_OPTIONAL_FIELDS
+# A size as listed: auto, WIDTHxHEIGHT, or an upstream's own token (1K, 2K, 4K).
+_SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}|[0-9A-Za-z:._-]{1,16})$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutputTokensFormula(_Strict):
+    """Output image tokens from the pixel count (gpt-image-2):
+    ``ceil(q * s * (area_offset + w*h) / area_divisor)`` with ``q`` the
+    quality's factor and ``s = floor((2*q*short + long) / (2*long))``."""
+
+    quality_factors: dict[str, int] = Field(min_length=1)
+    area_offset: int = Field(ge=0)
+    area_divisor: int = Field(gt=0)
+
+
+class PriceConfig(_Strict):
+    """USD. Either ``per_image`` (one price, or ``{"QUALITY SIZE": price,
+    default: price}``) or token rates per million tokens
+    (``image_output_per_1m`` required), with an optional estimate of the
+    output tokens for answers without usage (a published table by quality
+    and size, or a formula of the pixel count)."""
+
+    per_image: float | dict[str, float] | None = None
+    text_input_per_1m: float | None = Field(None, ge=0)
+    text_input_cached_per_1m: float | None = Field(None, ge=0)
+    image_input_per_1m: float | None = Field(None, ge=0)
+    image_input_cached_per_1m: float | None = Field(None, ge=0)
+    image_output_per_1m: float | None = Field(None, ge=0)
+    text_output_per_1m: float | None = Field(None, ge=0)
+    output_tokens: dict[str, dict[str, int]] | None = None
+    output_tokens_formula: OutputTokensFormula | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PriceConfig:
+        tokens = self.image_output_per_1m is not None
+        if tokens == (self.per_image is not None):
+            raise ValueError("give either per_image or image_output_per_1m (with the other token rates)")
+        prices = self.per_image.values() if isinstance(self.per_image, dict) else [self.per_image or 0]
+        if any(p < 0 for p in prices):
+            raise ValueError("prices cannot be negative")
+        if not tokens and (self.output_tokens or self.output_tokens_formula):
+            raise ValueError("output_tokens and output_tokens_formula go with token rates, not per_image")
+        if self.output_tokens is not None:
+            if "1024x1024" not in next(iter(self.output_tokens.values()), {"1024x1024": 0}):
+                raise ValueError("output_tokens tables need a 1024x1024 entry (other sizes are scaled from it)")
+            if any(t < 0 for table in self.output_tokens.values() for t in table.values()):
+                raise ValueError("output token counts cannot be negative")
+        return self
+
+
+class InputConfig(_Strict):
+    formats: list[Literal["png", "jpeg", "webp"]] = Field(min_length=1)
+    max_images: int = Field(ge=1, le=64)
+    max_mb: float = Field(gt=0)
+    square: bool = False
+
+
+class FreeSizeConfig(_Strict):
+    multiple_of: int = Field(16, ge=1)
+    max_edge: int = Field(ge=1)
+    max_pixels: int = Field(ge=1)
+    min_pixels: int = Field(0, ge=0)
+    max_aspect: float = Field(3.0, ge=1)
+
+
+class FieldConfig(_Strict):
+    type: FieldType
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    max_length: int | None = Field(None, ge=1)
+    enum: list[str] = []
+    description: str = ""
+
+
+class EntryConfig(_Strict):
+    """One model's entry. Every key is optional so that an entry may extend
+    another; once resolved, ``endpoints`` and a size rule are required."""
+
+    extends: str | None = None
+    abstract: bool = False
+    source: str | None = None
+    retired: datetime.date | None = None
+    endpoints: list[Literal["generations", "edits", "variations"]] | None = Field(None, min_length=1)
+    sizes: list[str] | None = None
+    default_size: str | None = None
+    free_size: FreeSizeConfig | None = None
+    qualities: list[str] | None = Field(None, min_length=1)
+    default_quality: str | None = None
+    output_formats: list[str] | None = Field(None, min_length=1)
+    prompt_max: int | None = Field(None, ge=1)
+    n_max: int | None = Field(None, ge=1, le=10)
+    default_response_format: Literal["url", "b64_json"] | None = None
+    accepts: list[SpecField] | None = None
+    extra_fields: dict[str, FieldConfig] | None = None
+    unknown_fields: Literal["forward", "reject"] | None = None
+    edit_input: InputConfig | None = None
+    variation_input: InputConfig | None = None
+    mask_max_mb: float | None = Field(None, gt=0)
+    masks: bool | None = None
+    transparency: bool | None = None
+    reports_output_meta: bool | None = None
+    gateway_fields: list[str] | None = None
+    price: PriceConfig | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EntryConfig:
+        for size in self.sizes or []:
+            if not re.fullmatch(_SIZE_PATTERN, size):
+                raise ValueError(f"sizes: {size!r} is not auto, WIDTHxHEIGHT or a short size name")
+        return self
+
+
+# Keys that describe one name and are not inherited through extends:.
+_OWN_KEYS = frozenset({"extends", "abstract", "source", "retired"})
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """A resolved entry: its rules, its price (None: unpriced) and where it came from."""
+
+    spec: ModelSpec
+    price: PriceConfig | None
+    origin: str  # "shipped (openai.yaml)", "config", "code"
+    source: str | None = None
+    abstract: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    config: EntryConfig
+    origin: str
+
+
+def load_file(text: str, origin: str) -> dict[str, RawEntry]:
+    """The entries of one YAML document (``models:`` mapping)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{origin}: invalid YAML{f' at line {mark.line + 1}' if mark else ''}") from exc
+    if not isinstance(data, dict) or set(data) != {"models"} or not isinstance(data["models"], dict):
+        raise ConfigError(f"{origin}: the top level must be one mapping, models:")
+    return {str(name): RawEntry(parse_entry(f"{origin}: {name}", cfg), origin) for name, cfg in data["models"].items()}
+
+
+def parse_entry(where: str, raw: Any) -> EntryConfig:
+    try:
+        return EntryConfig.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}{'.' + loc if loc else ''}: {msg}") from exc
+
+
+def shipped_files() -> dict[str, RawEntry]:
+    """Every entry of the package's data files; a name in two files is an error."""
+    entries: dict[str, RawEntry] = {}
+    folder = resources.files("imagegate") / "catalog"
+    for item in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not item.name.endswith((".yaml", ".yml")):
+            continue
+        origin = f"shipped ({item.name})"
+        for name, entry in load_file(item.read_text(encoding="utf-8"), origin).items():
+            if name in entries:
+                raise ConfigError(f"{origin}: {name} is also defined in {entries[name].origin}")
+            entries[name] = entry
+    return entries
+
+
+def merge(base: Mapping[str, RawEntry], overlay: Mapping[str, EntryConfig], origin: str) -> dict[str, RawEntry]:
+    """``base`` with ``overlay``'s entries: a new name is added; a known name
+    without ``extends:`` changes only the keys it gives."""
+    merged = dict(base)
+    for name, cfg in overlay.items():
+        if name in base and cfg.extends is None:
+            given = cfg.model_dump(exclude_unset=True)
+            inherited = {k: v for k, v in _dump(base[name].config).items() if k not in given}
+            cfg = EntryConfig.model_validate({**inherited, **given})
+        merged[name] = RawEntry(cfg, origin)
+    return merged
+
+
+def _dump(cfg: EntryConfig) -> dict[str, Any]:
+    return cfg.model_dump(exclude_unset=True)
+
+
+def _where(name: str, entry: RawEntry) -> str:
+    """How an error names an entry: ``catalog.NAME`` (the config) or ``shipped (FILE): NAME``."""
+    return f"catalog.{name}" if entry.origin == "config" else f"{entry.origin}: {name}"
+
+
+def _flatten(name: str, raw: Mapping[str, RawEntry], trail: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The entry's keys with those of its ``extends:`` chain filled in."""
+    entry = raw[name]
+    own = _dump(entry.config)
+    parent = entry.config.extends
+    if parent is None:
+        return own
+    if parent not in raw:
+        known = ", ".join(sorted(raw))
+        raise ConfigError(f"{_where(name, entry)}.extends: no catalog entry {parent!r} (known: {known})")
+    if parent in trail or parent == name:
+        raise ConfigError(f"{_where(name, entry)}.extends: the chain {' -> '.join((*trail, name, parent))} loops")
+    inherited = {k: v for k, v in _flatten(parent, raw, (*trail, name)).items() if k not in _OWN_KEYS}
+    fields = {**(inherited.get("extra_fields") or {}), **(own.get("extra_fields") or {})}
+    merged = {**inherited, **own}
+    if fields:
+        merged["extra_fields"] = fields
+    return merged
+
+
+def resolve(raw: Mapping[str, RawEntry]) -> dict[str, CatalogEntry]:
+    return {name: _resolve_one(name, raw) for name in raw}
+
+
+def _resolve_one(name: str, raw: Mapping[str, RawEntry]) -> CatalogEntry:
+    entry = raw[name]
+    where = _where(name, entry)
+    cfg = EntryConfig.model_validate(_flatten(name, raw))
+    if cfg.abstract:
+        try:
+            spec = _spec(name, cfg, partial=True)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return CatalogEntry(spec, cfg.price, entry.origin, cfg.source, abstract=True)
+    try:
+        spec = _spec(name, cfg, partial=False)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return CatalogEntry(spec, cfg.price, entry.origin, cfg.source)
+
+
+def _input(cfg: InputConfig | None) -> InputRule | None:
+    if cfg is None:
+        return None
+    return InputRule(frozenset(cfg.formats), cfg.max_images, int(cfg.max_mb * MB), cfg.square)
+
+
+def _fields(cfg: Mapping[str, FieldConfig]) -> dict[str, FieldSpec]:
+    out = {}
+    for field, f in cfg.items():
+        try:
+            out[field] = FieldSpec(f.type, f.minimum, f.maximum, f.max_length, tuple(f.enum), f.description)
+        except ValueError as exc:
+            raise ValueError(f"extra_fields.{field}: {exc}") from None
+    return out
+
+
+def _spec(name: str, cfg: EntryConfig, *, partial: bool) -> ModelSpec:
+    free = cfg.free_size
+    sizes = tuple(cfg.sizes or ())
+    if not partial:
+        if cfg.endpoints is None:
+            raise ValueError("endpoints is required (or extends: an entry that has them)")
+        if not sizes and free is None:
+            raise ValueError("sizes or free_size is required")
+    free_rule = FreeSizeRule(free.multiple_of, free.max_edge, free.max_pixels, free.min_pixels, free.max_aspect) if free else None
+    qualities = tuple(cfg.qualities or ("auto",))
+    default_size = cfg.default_size or ("auto" if "auto" in sizes else sizes[0] if sizes else "1024x1024")
+    default_quality = cfg.default_quality or ("auto" if "auto" in qualities else qualities[0])
+    spec = ModelSpec(
+        name=name,
+        endpoints=frozenset(cfg.endpoints or ()),
+        sizes=sizes,
+        default_size=default_size,
+        qualities=qualities,
+        default_quality=default_quality,
+        prompt_max=cfg.prompt_max or 32000,
+        n_max=cfg.n_max or 10,
+        default_response_format=cfg.default_response_format or "b64_json",
+        accepts=frozenset(cfg.accepts or ()),
+        free_size=free_rule,
+        edit_input=_input(cfg.edit_input),
+        variation_input=_input(cfg.variation_input),
+        mask_max_bytes=int((cfg.mask_max_mb or 4) * MB),
+        reports_output_meta=bool(cfg.reports_output_meta),
+        gateway_fields=frozenset(cfg.gateway_fields or ()),
+        transparency=True if cfg.transparency is None else cfg.transparency,
+        masks=True if cfg.masks is None else cfg.masks,
+        extra_fields=_fields(cfg.extra_fields or {}),
+        output_formats=tuple(cfg.output_formats or ("png", "jpeg", "webp")),
+        unknown_fields=cfg.unknown_fields or "reject",
+        retired=cfg.retired,
+    )
+    if not partial:
+        if (why := spec.allows_size(default_size)) and default_size != "auto":
+            raise ValueError(f"default_size {default_size!r}: {why}")
+        if default_quality not in qualities:
+            raise ValueError(f"default_quality {default_quality!r} is not one of qualities")
+        if "edits" in spec.endpoints and spec.edit_input is None:
+            raise ValueError("edits needs edit_input (formats, max_images, max_mb)")
+        if "variations" in spec.endpoints and spec.variation_input is None:
+            raise ValueError("variations needs variation_input (formats, max_images, max_mb)")
+    return spec

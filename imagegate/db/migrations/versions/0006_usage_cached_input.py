@@ -1,0 +1,30 @@
+"""usage rows keep the cached input tokens
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-30 05:00:00
+
+gpt-image-2 bills input served from OpenAI's cache at lower rates
+(``input_tokens_details.cached_tokens``). Kept so ``imagegate usage reprice``
+recomputes such a row exactly. NULL: none reported (and older rows).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("usage", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("input_cached_tokens", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("usage", schema=None) as batch_op:
+        batch_op.drop_column("input_cached_tokens")

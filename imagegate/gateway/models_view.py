@@ -1,0 +1,123 @@
+"""What each served model's rules and price are, and where they came from:
+``GET /admin/models`` and ``imagegate models`` show the same view. Also the
+start-up warning for deployments that send a retired model name to OpenAI."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from imagegate.accounting.money import usd_str
+from imagegate.accounting.prices import PerToken, Price, PriceBook
+from imagegate.config import Settings
+from imagegate.contract.catalog import Catalog, ModelSpec
+from imagegate.gateway.routes import Route
+
+log = logging.getLogger("imagegate.models")
+
+OPENAI_HOSTS = frozenset({"api.openai.com"})
+# A model that retires within this many days is announced at start too.
+RETIRING_SOON_DAYS = 90
+
+
+def price_view(price: Price | None) -> dict[str, Any] | None:
+    if price is None:
+        return None
+    if isinstance(price, PerToken):
+        view: dict[str, Any] = {"kind": "tokens"}
+        for key, rate in (
+            ("text_input_per_1m", price.text_input),
+            ("text_input_cached_per_1m", price.text_input_cached),
+            ("image_input_per_1m", price.image_input),
+            ("image_input_cached_per_1m", price.image_input_cached),
+            ("image_output_per_1m", price.image_output),
+            ("text_output_per_1m", price.text_output),
+        ):
+            if rate is not None:
+                view[key] = usd_str(rate * 1_000_000)
+        view["estimate"] = "formula of the pixel count" if price.formula else "published token table"
+        return view
+    table = {f"{q} {s}": usd_str(p) for (q, s), p in price.table.items()}
+    return {"kind": "per_image", "prices": table, "default": usd_str(price.default) if price.default is not None else None}
+
+
+def rules_view(spec: ModelSpec) -> dict[str, Any]:
+    free = spec.free_size
+    return {
+        "endpoints": sorted(spec.endpoints),
+        "sizes": list(spec.sizes),
+        "free_size": None
+        if free is None
+        else {
+            "multiple_of": free.multiple_of,
+            "max_edge": free.max_edge,
+            "max_pixels": free.max_pixels,
+            "min_pixels": free.min_pixels,
+            "max_aspect": free.max_aspect,
+        },
+        "qualities": list(spec.qualities),
+        "output_formats": list(spec.output_formats),
+        "n_max": spec.n_max,
+        "prompt_max": spec.prompt_max,
+        "accepts": sorted(spec.accepts - set(spec.extra_fields)),
+        "extra_fields": sorted(spec.extra_fields),
+        "unknown_fields": spec.unknown_fields,
+        "masks": spec.masks,
+        "max_input_images": spec.edit_input.max_images if spec.edit_input else None,
+    }
+
+
+def model_views(routes: Mapping[str, Route], entries: Catalog, prices: PriceBook) -> list[dict[str, Any]]:
+    """One view per served model: its rules (and the entry they came from),
+    its deployments, and its price (and where that came from)."""
+    views = []
+    for name, route in routes.items():
+        spec = route.rules
+        entry = entries.entry(spec.name)
+        from_catalog = entry is not None and entry.spec.endpoints == spec.endpoints
+        first = route.deployments[0]
+        price, price_origin = prices.find_with_origin(first.model, name, spec.name)
+        views.append(
+            {
+                "id": name,
+                "rules": spec.name,
+                "rules_origin": entry.origin if from_catalog and entry is not None else "provider",
+                "source": entry.source if from_catalog and entry is not None else None,
+                "retired": spec.retired.isoformat() if spec.retired else None,
+                **rules_view(spec),
+                "deployments": [{"provider": d.provider, "model": d.model} for d in route.deployments],
+                "price": price_view(price),
+                "price_origin": price_origin,
+            }
+        )
+    return views
+
+
+def retirement_warnings(settings: Settings, routes: Mapping[str, Route], today: datetime.date | None = None) -> list[str]:
+    """A line per deployment that sends OpenAI itself a model name OpenAI has
+    shut down (or shuts down within RETIRING_SOON_DAYS)."""
+    today = today or datetime.date.today()
+    lines = []
+    for name, route in routes.items():
+        retired = route.rules.retired
+        if retired is None or (retired - today).days > RETIRING_SOON_DAYS:
+            continue
+        for dep in route.deployments:
+            provider = settings.providers[dep.provider]
+            base_url = str(provider.options().get("base_url") or "https://api.openai.com/v1")
+            if provider.type != "openai" or urlsplit(base_url).hostname not in OPENAI_HOSTS:
+                continue
+            when = "was shut down" if retired <= today else "shuts down"
+            lines.append(
+                f"model {name!r} (deployment {dep.provider}/{dep.model}): OpenAI {when} {dep.model!r} on {retired.isoformat()}; "
+                "point it at a current model (e.g. gpt-image-2) or at an upstream that still serves it"
+            )
+    return lines
+
+
+def log_retirements(settings: Settings, routes: Mapping[str, Route]) -> None:
+    for line in retirement_warnings(settings, routes):
+        log.warning("%s", line)
