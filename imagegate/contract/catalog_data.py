@@ -114,12 +114,34 @@ class FreeSizeConfig(_Strict):
 
 
 class FieldConfig(_Strict):
+    """A provider field (``contract.fields.FieldSpec``); objects and arrays nest."""
+
     type: FieldType
     minimum: int | float | None = None
     maximum: int | float | None = None
     max_length: int | None = Field(None, ge=1)
     enum: list[str] = []
     description: str = ""
+    properties: dict[str, FieldConfig] = {}
+    required: list[str] = []
+    items: FieldConfig | None = None
+    min_items: int | None = Field(None, ge=0)
+    max_items: int | None = Field(None, ge=0)
+
+    def spec(self) -> FieldSpec:
+        return FieldSpec(
+            self.type,
+            self.minimum,
+            self.maximum,
+            self.max_length,
+            tuple(self.enum),
+            self.description,
+            properties=tuple((name, f.spec()) for name, f in sorted(self.properties.items())),
+            required=tuple(self.required),
+            items=self.items.spec() if self.items is not None else None,
+            min_items=self.min_items,
+            max_items=self.max_items,
+        )
 
 
 class EntryConfig(_Strict):
@@ -295,7 +317,7 @@ def _fields(cfg: Mapping[str, FieldConfig]) -> dict[str, FieldSpec]:
     out = {}
     for field, f in cfg.items():
         try:
-            out[field] = FieldSpec(f.type, f.minimum, f.maximum, f.max_length, tuple(f.enum), f.description)
+            out[field] = f.spec()
         except ValueError as exc:
             raise ValueError(f"extra_fields.{field}: {exc}") from None
     return out
