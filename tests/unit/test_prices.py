@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
 from imagegate.accounting.money import to_nano, usd_str
-from imagegate.accounting.prices import actual, price_from_config, shipped_prices, worst_case
+from imagegate.accounting.prices import PerToken, actual, price_from_config, shipped_prices, worst_case
 from imagegate.contract import catalog
 from imagegate.contract.requests import EditFields, GenerationFields, ImageRequest, InputImage
 from imagegate.contract.results import ImageMeta, Usage
@@ -157,3 +158,59 @@ def test_worst_case_holds_a_low_request_billed_at_high() -> None:
     billed = Usage(input_tokens=512, output_tokens=4160, total_tokens=4672, input_text_tokens=1, input_image_tokens=511)
     assert actual(BUILTIN["gpt-image-1"], req, 1, billed, ImageMeta()).nusd <= worst_case(BUILTIN["gpt-image-1"], req)
     assert usd_str(worst_case(BUILTIN["gpt-image-1"], req)) == "0.171525"
+
+
+# -- gpt-image-2 ------------------------------------------------------------------------
+
+
+def test_gpt_image_2_estimate_reproduces_openais_published_examples() -> None:
+    """OpenAI's image generation guide: output cost per image at $30/1M."""
+    price = BUILTIN["gpt-image-2"]
+    assert isinstance(price, PerToken) and price.formula is not None
+    examples = {
+        ("low", 1024, 1024): "0.006",
+        ("medium", 1024, 1024): "0.053",
+        ("high", 1024, 1024): "0.211",
+        ("low", 1536, 1024): "0.005",
+        ("medium", 1536, 1024): "0.041",
+        ("high", 1536, 1024): "0.165",
+        ("low", 1024, 1536): "0.005",
+        ("high", 1024, 1536): "0.165",
+    }
+    for (quality, w, h), usd in examples.items():
+        cost = Decimal(price.formula.tokens(quality, w, h) * price.image_output) / 10**9
+        assert cost.quantize(Decimal("0.001")) == Decimal(usd), (quality, w, h, cost)
+    assert 13_000 < price.formula.tokens("high", 3840, 2160) < 13_500  # "~13.3k tokens" at 4K
+
+
+def test_gpt_image_2_reserves_by_the_asked_size_and_bounds_every_quality() -> None:
+    price = BUILTIN["gpt-image-2"]
+    small = worst_case(price, gen("gpt-image-2", size="1024x1024"))
+    large = worst_case(price, gen("gpt-image-2", size="3840x2160"))
+    assert large > 1.8 * small
+    for quality in ("low", "medium", "high", "auto"):
+        for size in ("1024x1024", "3840x2160", "1536x864"):
+            req = gen("gpt-image-2", quality=quality, size=size)
+            for reported in ("low", "medium", "high"):
+                assert actual(price, req, 1, None, ImageMeta(quality=reported, size=size)).nusd <= worst_case(price, req)
+    auto = worst_case(price, gen("gpt-image-2", size="auto"))
+    listed = ("1024x1024", "1536x1024", "1024x1536")  # "auto" counts as the dearest of the listed sizes
+    assert auto == max(worst_case(price, gen("gpt-image-2", size=s)) for s in listed)
+
+
+def test_cached_input_is_billed_at_the_cached_rates_and_never_below_the_real_cost() -> None:
+    price = BUILTIN["gpt-image-2"]
+    assert isinstance(price, PerToken)
+    usage = Usage(input_tokens=1000, output_tokens=0, total_tokens=1000, input_text_tokens=200, input_image_tokens=800,
+                  input_cached_tokens=500)  # fmt: skip
+    cost = actual(price, gen("gpt-image-2"), 1, usage, ImageMeta())
+    # 200 text tokens cached first ($1.25/1M), then 300 of the image tokens ($2/1M); 500 image tokens at $8/1M
+    assert cost.nusd == usd("0.00125") * 200 // 1000 + usd("0.002") * 300 // 1000 + usd("0.008") * 500 // 1000
+    assert cost.input_cached_tokens == 500
+    # whichever way the 500 cached tokens really split, the charge is not below it
+    for text_cached in range(0, 201, 50):
+        image_cached = 500 - text_cached
+        real = (200 - text_cached) * 5000 + text_cached * 1250 + (800 - image_cached) * 8000 + image_cached * 2000
+        assert cost.nusd >= real
+    no_cache = actual(price, gen("gpt-image-2"), 1, replace(usage, input_cached_tokens=0), ImageMeta())
+    assert no_cache.nusd == 200 * 5000 + 800 * 8000

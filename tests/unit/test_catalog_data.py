@@ -1,0 +1,145 @@
+"""The catalog's data files and the config's catalog: entries: schema,
+extends:, overrides, and the errors that name the entry and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imagegate.config import load_settings
+from imagegate.contract import catalog
+from imagegate.errors import ConfigError
+
+OPENAI_MODELS = (
+    "dall-e-2",
+    "dall-e-3",
+    "gpt-image-1",
+    "gpt-image-1-all",
+    "gpt-image-1-mini",
+    "gpt-image-1.5",
+    "chatgpt-image-latest",
+    "gpt-image-2",
+    "gpt-image-2-2026-04-21",
+    "flux-kontext-pro",
+    "flux-kontext-max",
+)
+
+
+def settings_with(tmp_path: Path, entries: dict[str, Any], **extra: Any) -> Any:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"catalog": entries, **extra}))
+    return load_settings(path, environ={})
+
+
+def test_every_shipped_model_has_rules_and_a_price() -> None:
+    shipped = catalog.shipped()
+    for name in OPENAI_MODELS:
+        entry = shipped.entry(name)
+        assert entry is not None and not entry.abstract and entry.price is not None, name
+        assert entry.origin.startswith("shipped (") and entry.source, name
+    for entry in shipped.entries():  # every served entry names its source
+        assert entry.source, entry.name
+
+
+def test_retired_dates_are_facts_of_one_name() -> None:
+    retired = {name: catalog.lookup(name).retired for name in OPENAI_MODELS}  # type: ignore[union-attr]
+    assert {k: str(v) for k, v in retired.items() if v} == {
+        "dall-e-2": "2026-05-12",
+        "dall-e-3": "2026-05-12",
+        "gpt-image-1": "2026-10-23",
+        "gpt-image-1-mini": "2026-12-01",
+        "gpt-image-1.5": "2026-12-01",
+    }  # gpt-image-1-all and chatgpt-image-latest extend retired entries without inheriting the date
+
+
+def test_gpt_image_2_rules() -> None:
+    spec = catalog.lookup("gpt-image-2")
+    assert spec is not None and spec.free_size is not None
+    assert spec.allows_size("3840x2160") is None and spec.allows_size("1536x864") is None
+    assert "multiples of 16" in (spec.allows_size("1000x1000") or "")
+    assert "aspect ratio" in (spec.allows_size("3840x1024") or "")
+    assert spec.allows_size("2160x3840") is None and spec.allows_size("3856x2160") is not None
+    snapshot = catalog.lookup("gpt-image-2-2026-04-21")
+    assert snapshot is not None and snapshot.free_size == spec.free_size and snapshot.accepts == spec.accepts
+
+
+def test_a_config_entry_extends_a_shipped_one(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path,
+        {"mine": {"extends": "gpt-image-2", "sizes": ["1024x1024"], "free_size": None, "price": {"per_image": 0.05}}},
+    )
+    entry = catalog.effective(settings.catalog).entry("mine")
+    assert entry is not None and entry.origin == "config"
+    assert entry.spec.sizes == ("1024x1024",) and entry.spec.free_size is None
+    assert entry.spec.accepts == catalog.lookup("gpt-image-2").accepts  # type: ignore[union-attr]
+    assert entry.price is not None and entry.price.per_image == 0.05
+
+
+def test_a_config_entry_named_like_a_shipped_one_changes_only_its_keys(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path, {"gpt-image-2": {"n_max": 4, "qualities": ["auto", "low", "medium", "high", "xhigh"]}})
+    entries = catalog.effective(settings.catalog)
+    spec = entries.lookup("gpt-image-2")
+    assert spec is not None and spec.n_max == 4 and "xhigh" in spec.qualities
+    assert spec.free_size is not None and spec.free_size.max_edge == 3840  # kept
+    entry = entries.entry("gpt-image-2")
+    assert entry is not None and entry.price is not None and entry.price.image_output_per_1m == 30
+    assert catalog.lookup("gpt-image-2").n_max == 10  # type: ignore[union-attr]  # the shipped entry is untouched
+
+
+def test_extra_fields_merge_by_name_and_price_null_drops_the_inherited_price(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path,
+        {
+            "k": {"extends": "flux-kontext-pro", "extra_fields": {"raw": {"type": "bool"}}, "price": None},
+        },
+    )
+    entry = catalog.effective(settings.catalog).entry("k")
+    assert entry is not None and entry.price is None
+    assert set(entry.spec.extra_fields) >= {"raw", "safety_tolerance", "seed", "aspect_ratio"}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"x": {"extends": "nope"}}, "catalog.x.extends: no catalog entry 'nope'"),
+        ({"a": {"extends": "b"}, "b": {"extends": "a"}}, "loops"),
+        ({"x": {"sizes": ["1024x1024"]}}, "catalog.x: endpoints is required"),
+        ({"x": {"endpoints": ["generations"]}}, "catalog.x: sizes or free_size is required"),
+        ({"x": {"extends": "gpt-image-2", "sizes": ["big one"]}}, "catalog.x: sizes: 'big one'"),
+        ({"x": {"extends": "gpt-image-2", "colour": "red"}}, "catalog.x.colour: unknown key"),
+        ({"x": {"extends": "gpt-image-2", "default_quality": "ultra"}}, "default_quality 'ultra'"),
+        ({"x": {"extends": "gpt-image-2", "price": {"per_image": 1, "image_output_per_1m": 2}}}, "give either per_image"),
+        ({"x": {"extends": "gpt-image-2", "endpoints": ["generations", "variations"]}}, "variations needs variation_input"),
+        ({"x": {"extends": "gpt-image-2", "extra_fields": {"quality": {"type": "str"}}}}, "may not redefine spec fields"),
+        (
+            {"x": {"extends": "gpt-image-2", "extra_fields": {"k": {"type": "bool", "maximum": 3}}}},
+            "extra_fields.k: minimum/maximum apply",
+        ),
+    ],
+)
+def test_bad_entries_name_the_entry_and_key(tmp_path: Path, entries: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_with(tmp_path, entries)
+    assert message in str(err.value)
+
+
+def test_templates_are_not_models(tmp_path: Path) -> None:
+    assert catalog.lookup("openai-gpt-image") is None and "diffusion" not in catalog.names()
+    with pytest.raises(ConfigError, match="models.x.rules: no catalog entry 'openai-gpt-image'"):
+        from imagegate.gateway.wiring import check_settings
+
+        settings = settings_with(
+            tmp_path,
+            {},
+            providers={"demo": {"type": "test-pattern"}},
+            models={"x": {"rules": "openai-gpt-image", "deployments": [{"provider": "demo"}]}},
+        )
+        check_settings(settings)
+
+
+def test_diffusion_fields_come_from_the_template() -> None:
+    assert set(catalog.DIFFUSION_FIELDS) == {"seed", "negative_prompt", "num_inference_steps", "guidance_scale"}
+    assert catalog.DIFFUSION_FIELDS["seed"].maximum == 2**32 - 1
