@@ -125,7 +125,10 @@ class ModelSpec:
     retired: date | None = None
 
     def __post_init__(self) -> None:
-        shadowed = set(self.extra_fields) & (SPEC_OPTIONAL_FIELDS | COMMON_FIELDS)
+        # An entry may give an optional spec field it does not take its
+        # provider's own meaning (Recraft's style is a style name, not
+        # dall-e-3's vivid|natural); never a field every model takes.
+        shadowed = set(self.extra_fields) & (COMMON_FIELDS | (SPEC_OPTIONAL_FIELDS & self.accepts))
         if shadowed:
             raise ValueError(f"{self.name}: extra_fields may not redefine spec fields ({', '.join(sorted(shadowed))})")
         object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))

@@ -25,10 +25,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from imagegate.contract.catalog import COMMON_FIELDS, GENERATIONS, SPEC_OPTIONAL_FIELDS, ModelSpec
-from imagegate.contract.fields import extra_fields_model
+from imagegate.contract.fields import NESTED, extra_fields_model
 from imagegate.contract.inputs import check_inputs, quote_list
 from imagegate.contract.requests import ImageRequest, SpecFields
 from imagegate.errors import InvalidRequestError, NotFoundError
@@ -42,6 +43,7 @@ _TYPE_NAMES = {
     "str": "a string",
     "list": "an array",
     "model": "an object",
+    "dict": "an object",
 }
 _JSON_TYPE_OF = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"}
 
@@ -75,8 +77,16 @@ def _pydantic_to_error(exc: ValidationError, raw: Mapping[str, Any]) -> InvalidR
         return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if kind == "extra_forbidden":
         return InvalidRequestError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
-    if kind == "too_short":
+    if kind == "too_short" and (ctx.get("min_length") or 0) <= 1:
         return InvalidRequestError(f"Invalid '{param}': expected a non-empty array.", param=param, code="invalid_type")
+    if kind in ("too_short", "too_long"):
+        below = kind == "too_short"
+        limit = ctx.get("min_length" if below else "max_length")
+        return InvalidRequestError(
+            f"Invalid '{param}': expected {'at least' if below else 'at most'} {limit} items, got {ctx.get('actual_length')}.",
+            param=param,
+            code="array_below_min_length" if below else "array_above_max_length",
+        )
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return InvalidRequestError(
@@ -151,13 +161,32 @@ def parse_fields(schema: type[F], raw: Mapping[str, Any], spec: ModelSpec, *, fr
                 raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
             if raw[name] is not None:
                 forwarded[name] = raw[name]
-    data = {k: v for k, v in raw.items() if v is not None and k in schema.model_fields}
+    # A name the model's entry declares is the entry's field, even where the
+    # spec has one of that name (Recraft's style is not dall-e-3's).
+    data = {k: v for k, v in raw.items() if v is not None and k in schema.model_fields and k not in spec.extra_fields}
     extra = {k: v for k, v in raw.items() if v is not None and k in spec.extra_fields}
+    if from_form:
+        extra = _form_json(spec, extra)
     try:
         fields = schema.model_validate(data, strict=not from_form)
         return fields, {**_validate_extra(spec, extra, strict=not from_form), **forwarded}
     except ValidationError as exc:
         raise _pydantic_to_error(exc, raw) from exc
+
+
+def _form_json(spec: ModelSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """A form's text for the model's object and array fields, read as JSON."""
+    out = dict(values)
+    for name, value in values.items():
+        if spec.extra_fields[name].type in NESTED and isinstance(value, str):
+            try:
+                out[name] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                kind = "an object" if spec.extra_fields[name].type == "object" else "an array"
+                raise InvalidRequestError(
+                    f"Invalid '{name}': expected {kind} as JSON text in the form field.", param=name, code="invalid_type"
+                ) from None
+    return out
 
 
 def _forwardable(spec: ModelSpec, name: str) -> bool:
@@ -239,7 +268,8 @@ class ModelDirectory:
 def check_rules(endpoint: str, fields: SpecFields, name: str, spec: ModelSpec) -> None:
     """Apply the catalog's per-model rules to already-typed spec fields."""
     sent = {k for k in fields.model_fields_set if getattr(fields, k) is not None}
-    for field in sorted(sent & SPEC_OPTIONAL_FIELDS - spec.accepts):
+    # Spec fields the model takes as the spec defines them (not those its entry redefines).
+    for field in sorted(sent & SPEC_OPTIONAL_FIELDS - (spec.accepts - spec.extra_fields.keys())):
         raise InvalidRequestError(
             f"Unsupported parameter: '{field}' is not supported with model '{name}'.",
             param=field,
