@@ -11,6 +11,9 @@ When a provider's image is not the size the client asked, the model's
 it to cover the size and cuts the centre out, ``pad`` letterboxes it, ``none``
 returns it as it is. Every resize is logged (INFO) and reported with the
 answer (``Shaped.resize``, the ``x-imagegate-resized`` header).
+
+An SVG (a vector model's answer) passes through untouched, as its bytes:
+it is never decoded, resized or converted.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from imagegate.contract.responses import ImageUsage, InputTokensDetails, OutputT
 from imagegate.contract.results import GeneratedImage, Usage
 from imagegate.errors import UpstreamError
 from imagegate.imaging.convert import Target, conform, matches, same_aspect
-from imagegate.imaging.probe import ImageInfo, ImageProbeError, probe
+from imagegate.imaging.probe import ImageInfo, ImageProbeError, probe, svg_size
 
 log = logging.getLogger("imagegate.gateway")
+RASTER = ("png", "jpeg", "webp")  # what the gateway converts between
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +83,16 @@ class Shaped:
         return f"{self.width}x{self.height}"
 
 
+def _asked_format(request: ImageRequest) -> str:
+    """The client's output_format; else png, or the model's own format where
+    it makes no png (svg)."""
+    formats = request.spec.output_formats
+    return getattr(request.params, "output_format", None) or ("png" if "png" in formats else formats[0])
+
+
 def _target(request: ImageRequest, image: GeneratedImage, policy: ResizePolicy) -> Target:
     accepts_format = "output_format" in request.spec.accepts
-    fmt = request.output_format if accepts_format else (image.format if image.format in ("png", "jpeg", "webp") else "png")
+    fmt = _asked_format(request) if accepts_format else (image.format if image.format in RASTER else "png")
     compression = None if image.compressed else request.output_compression
     # Padding is transparent where the answer can carry alpha and the client did not ask for opaque.
     clear = fmt in ("png", "webp") and request.background != "opaque"
@@ -107,8 +118,28 @@ def _header(image: GeneratedImage, max_pixels: int) -> ImageInfo:
         return probe(image.data, max_pixels=max_pixels, verify=False)
 
 
+def _vector(request: ImageRequest, image: GeneratedImage) -> Shaped:
+    """An SVG passes through untouched (never decoded, resized or converted),
+    for a model whose entry lists svg and a client that asked svg or nothing."""
+    asked = getattr(request.params, "output_format", None)
+    if "svg" not in request.spec.output_formats or asked not in (None, "svg"):
+        raise UpstreamError(
+            f"The provider returned an SVG image, which the gateway does not convert to {asked or 'a raster format'}.",
+            code="invalid_upstream_image",
+        )
+    width, height = svg_size(image.head(4096)) or parse_size(request.size) or (0, 0)
+    return Shaped(image, width, height)
+
+
 def _shape_one(request: ImageRequest, image: GeneratedImage, max_pixels: int, policy: ResizePolicy) -> Shaped:
+    if image.format == "svg":
+        return _vector(request, image)
     target = _target(request, image, policy)
+    if target.format not in RASTER:  # svg asked, a raster image came: the gateway does not vectorise
+        raise UpstreamError(
+            f"The provider returned a {image.format.upper()} image, not the {target.format.upper()} asked for.",
+            code="invalid_upstream_image",
+        )
     try:
         info = _header(image, max_pixels)
         if matches(info, target):

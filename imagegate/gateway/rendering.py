@@ -17,7 +17,7 @@ from imagegate.contract.catalog import parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
 from imagegate.contract.results import ImageMeta, ProviderResult, Usage
-from imagegate.gateway.output import Shaped, usage_out
+from imagegate.gateway.output import RASTER, Shaped, usage_out
 
 # The spec's enums: ImagesResponse, and the stream events (which add "auto").
 _QUALITIES = ("low", "medium", "high")
@@ -93,7 +93,7 @@ def images_response(request: ImageRequest, result: ProviderResult, shaped: list[
         # knows (the image's format and size); never the request's "auto".
         meta = {
             "size": _size(shaped[0], result.meta),
-            "output_format": shaped[0].format,
+            "output_format": shaped[0].format if shaped[0].format in RASTER else None,  # the spec's enum: no svg
             "quality": _said(result.meta.quality, _QUALITIES),
             "background": _background(shaped, result.meta.background, _BACKGROUNDS),
         }

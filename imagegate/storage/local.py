@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imagegate.errors import ServiceUnavailableError
-from imagegate.storage.base import ObjectStream, Storage, StorageUsage, content_type_for, new_key, oldest_first
+from imagegate.storage.base import MIME_TYPES, ObjectStream, Storage, StorageUsage, content_type_for, new_key, oldest_first
 
 log = logging.getLogger("imagegate.storage")
 
 CHUNK_BYTES = 512 * 1024
 
-_KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\.(png|jpeg|webp)")  # fullmatch: "<key>\n" is no key
+_KEY_RE = re.compile(rf"[A-Za-z0-9_-]{{16,64}}\.({'|'.join(MIME_TYPES)})")  # fullmatch: "<key>\n" is no key
 
 
 class LocalStorage(Storage):
