@@ -5,6 +5,13 @@ realistic ~2 MB 1024x1024 PNG as ``b64_json``; request bodies are read in
 full (as a real server must) and otherwise ignored. Run with uvicorn:
 ``python -m uvicorn --app-dir bench fast_upstream:app``.
 
+Any path gets that answer (OpenAI's ``/v1/images/...``, Azure's v1
+``/openai/v1/images/...``, xAI's ``/v1/images/generations``: the same shape),
+except Ark's ``.../api/v3/images/generations`` (Seedream), which gets Ark's:
+``data[].b64_json`` + ``size``, ``usage: {generated_images, output_tokens,
+total_tokens}`` (tokens ``w*h/256``; tests/standin_seedream.py cites the docs).
+``BENCH_SIZE=WxH`` sets the image's size (default 1024x1024).
+
 ``BENCH_DELAY_MS`` makes each success take that long (a generation's time);
 ``BENCH_FAIL_RATE`` (0-1) answers that share of requests with an OpenAI-style
 500, at once or, with ``BENCH_FAIL_SLOW=1``, after the generation time.
@@ -23,10 +30,10 @@ import orjson
 from PIL import Image
 
 
-def realistic_png(seed: int = 0) -> bytes:
-    """1024x1024 RGB PNG of about 2 MB: smooth gradients plus noise, like a photo."""
+def realistic_png(seed: int = 0, width: int = 1024, height: int = 1024) -> bytes:
+    """RGB PNG (1024x1024: about 2 MB) of smooth gradients plus noise, like a photo."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:1024, 0:1024]
+    y, x = np.mgrid[0:height, 0:width]
     base = np.stack([(x / 4) % 256, (y / 4) % 256, ((x + y) / 8) % 256], axis=-1)
     noisy = base + rng.normal(0, float(os.environ.get("BENCH_NOISE", "9")), base.shape)
     buf = io.BytesIO()
@@ -34,14 +41,17 @@ def realistic_png(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-PNG = realistic_png()
+SIZE = os.environ.get("BENCH_SIZE", "1024x1024")
+WIDTH, HEIGHT = (int(edge) for edge in SIZE.split("x"))
+PNG = realistic_png(0, WIDTH, HEIGHT)
+B64 = base64.b64encode(PNG).decode()
 BODY = orjson.dumps(
     {
         "created": 1_700_000_000,
-        "data": [{"b64_json": base64.b64encode(PNG).decode()}],
+        "data": [{"b64_json": B64}],
         "background": "opaque",
         "output_format": "png",
-        "size": "1024x1024",
+        "size": SIZE,
         "quality": "medium",
         "usage": {
             "total_tokens": 1106,
@@ -52,6 +62,17 @@ BODY = orjson.dumps(
     }
 )
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+ARK_PATH = "/api/v3/images/generations"
+ARK_TOKENS = WIDTH * HEIGHT // 256
+ARK_BODY = orjson.dumps(
+    {
+        "model": "seedream-4-0-250828",
+        "created": 1_700_000_000,
+        "data": [{"b64_json": B64, "size": SIZE}],
+        "usage": {"generated_images": 1, "output_tokens": ARK_TOKENS, "total_tokens": ARK_TOKENS},
+    }
+)
+ARK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ARK_BODY)).encode())]
 DELAY = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
 FAIL_RATE = float(os.environ.get("BENCH_FAIL_RATE", "0"))
 ERROR = orjson.dumps({"error": {"message": "The server had an error", "type": "server_error", "param": None, "code": None}})
@@ -74,5 +95,6 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
         return
     if DELAY:
         await asyncio.sleep(DELAY)
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": BODY})
+    ark = scope["path"].endswith(ARK_PATH)
+    await send({"type": "http.response.start", "status": 200, "headers": ARK_HEADERS if ark else HEADERS})
+    await send({"type": "http.response.body", "body": ARK_BODY if ark else BODY})
