@@ -324,6 +324,12 @@ def _fields(cfg: Mapping[str, FieldConfig]) -> dict[str, FieldSpec]:
 
 
 def _spec(name: str, cfg: EntryConfig, *, partial: bool) -> ModelSpec:
+    both = set(cfg.accepts or ()) & set(cfg.extra_fields or {})
+    if both:
+        raise ValueError(
+            f"extra_fields may not redefine spec fields the entry accepts ({', '.join(sorted(both))}): "
+            "drop them from accepts to give them the provider's meaning"
+        )
     free = cfg.free_size
     sizes = tuple(cfg.sizes or ())
     if not partial:

@@ -127,8 +127,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         # An entry may give an optional spec field it does not take its
         # provider's own meaning (Recraft's style is a style name, not
-        # dall-e-3's vivid|natural); never a field every model takes.
-        shadowed = set(self.extra_fields) & (COMMON_FIELDS | (SPEC_OPTIONAL_FIELDS & self.accepts))
+        # dall-e-3's vivid|natural), and the declaration then decides; never
+        # a field every model takes. (accepts holds the extra names after the
+        # first __post_init__, so a dataclasses.replace copy passes too.)
+        shadowed = set(self.extra_fields) & COMMON_FIELDS
         if shadowed:
             raise ValueError(f"{self.name}: extra_fields may not redefine spec fields ({', '.join(sorted(shadowed))})")
         object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))

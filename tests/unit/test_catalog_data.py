@@ -143,3 +143,16 @@ def test_templates_are_not_models(tmp_path: Path) -> None:
 def test_diffusion_fields_come_from_the_template() -> None:
     assert set(catalog.DIFFUSION_FIELDS) == {"seed", "negative_prompt", "num_inference_steps", "guidance_scale"}
     assert catalog.DIFFUSION_FIELDS["seed"].maximum == 2**32 - 1
+
+
+def test_every_entry_survives_a_copy_as_routes_make_it() -> None:
+    """routes.rules_for copies a spec with dataclasses.replace (unknown_fields);
+    an entry that gives a spec field its provider's meaning (Recraft's style)
+    must survive that."""
+    from dataclasses import replace
+
+    for name in catalog.names():
+        spec = catalog.lookup(name)
+        assert spec is not None
+        copy = replace(spec, unknown_fields="forward")
+        assert copy.accepts == spec.accepts and copy.extra_fields == spec.extra_fields, name
