@@ -32,7 +32,7 @@ from typing import Any
 
 from imagegate.accounting.money import NANO, to_nano
 from imagegate.contract import catalog
-from imagegate.contract.catalog import CatalogEntry, parse_size
+from imagegate.contract.catalog import CatalogEntry, ModelSpec, parse_size
 from imagegate.contract.catalog_data import PriceConfig
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import ImageMeta, Usage
@@ -206,6 +206,23 @@ def _output_tokens(price: PerToken, quality: str, size: str, listed: Sequence[st
     return math.ceil(table["1024x1024"] * dims[0] * dims[1] / (1024 * 1024))
 
 
+def bound_sizes(spec: ModelSpec) -> list[str]:
+    """The sizes a request without a WIDTHxHEIGHT ("auto") may come back at,
+    for its reservation: the listed ones, and for a free-size model the
+    largest square and the widest largest rectangle within its limits."""
+    sizes = [s for s in spec.sizes if parse_size(s)]
+    rule = spec.free_size
+    if rule is not None:
+        step = rule.multiple_of
+        side = min(rule.max_edge, math.isqrt(rule.max_pixels)) // step * step
+        long = rule.max_edge // step * step
+        short = min(long, rule.max_pixels // long) // step * step
+        for w, h in ((side, side), (long, short)):
+            if w and h and rule.check(w, h) is None:
+                sizes.append(f"{w}x{h}")
+    return sizes
+
+
 def worst_case(price: Price | None, request: ImageRequest) -> int:
     """An upper bound of what the request can be billed, reserved at
     admission. For token prices: the most output tokens the model produces
@@ -223,7 +240,7 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         ]
         known = [c for c in candidates if c is not None]
         return n * (max(known) if known else price.most())
-    out = max(_output_tokens(price, q, request.size, request.spec.sizes) for q in price.qualities)
+    out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
@@ -308,12 +325,16 @@ class PriceBook:
 
     @classmethod
     def build(cls, entries: Iterable[CatalogEntry], pricing: Mapping[str, PriceConfig]) -> PriceBook:
-        entries = list(entries)
-        configured = {e.name: price_from_config(e.price) for e in entries if e.price is not None and e.origin == "config"}
+        configured: dict[str, Price] = {}
+        shipped: dict[str, Price] = {}
+        origins: dict[str, str] = {}
+        for e in entries:
+            if e.price is None:
+                continue
+            tier = "configured" if e.price_origin == "config" else "shipped"
+            (configured if tier == "configured" else shipped)[e.name] = price_from_config(e.price)
+            origins[f"{tier}:{e.name}"] = "config (catalog)" if tier == "configured" else e.price_origin or e.origin
         configured.update({name: price_from_config(cfg) for name, cfg in pricing.items()})
-        shipped = {e.name: price_from_config(e.price) for e in entries if e.price is not None and e.origin != "config"}
-        origins = {f"shipped:{e.name}": e.origin for e in entries if e.price is not None}
-        origins.update({f"configured:{e.name}": "config (catalog)" for e in entries if e.origin == "config"})
         origins.update({f"configured:{name}": "config (pricing)" for name in pricing})
         return cls(configured, shipped, origins)
 

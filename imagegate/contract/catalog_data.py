@@ -158,7 +158,9 @@ class EntryConfig(_Strict):
     free_size: FreeSizeConfig | None = None
     qualities: list[str] | None = Field(None, min_length=1)
     default_quality: str | None = None
-    output_formats: list[str] | None = Field(None, min_length=1)
+    # What the gateway can return: png/jpeg/webp (converted as asked) and svg
+    # (passed through from an upstream that made it, never converted).
+    output_formats: list[Literal["png", "jpeg", "webp", "svg"]] | None = Field(None, min_length=1)
     prompt_max: int | None = Field(None, ge=1)
     n_max: int | None = Field(None, ge=1, le=10)
     default_response_format: Literal["url", "b64_json"] | None = None
@@ -195,6 +197,9 @@ class CatalogEntry:
     origin: str  # "shipped (openai.yaml)", "config", "code"
     source: str | None = None
     abstract: bool = False
+    # Where the price came from (the entry in the extends: chain that gave it):
+    # a config entry that changes a shipped model's sizes keeps its shipped price.
+    price_origin: str | None = None
 
     @property
     def name(self) -> str:
@@ -205,6 +210,16 @@ class CatalogEntry:
 class RawEntry:
     config: EntryConfig
     origin: str
+    # For a config entry merged onto a shipped one of the same name: that
+    # entry's origin, and the keys the config itself gave.
+    base_origin: str | None = None
+    given: frozenset[str] | None = None
+
+    def gave(self, key: str) -> str | None:
+        """The origin that gave ``key`` in this entry's own keys, if any."""
+        if self.given is not None and key not in self.given:
+            return self.base_origin if key in self.config.model_fields_set else None
+        return self.origin if key in self.config.model_fields_set else None
 
 
 def load_file(text: str, origin: str) -> dict[str, RawEntry]:
@@ -252,7 +267,10 @@ def merge(base: Mapping[str, RawEntry], overlay: Mapping[str, EntryConfig], orig
         if name in base and cfg.extends is None:
             given = cfg.model_dump(exclude_unset=True)
             inherited = {k: v for k, v in _dump(base[name].config).items() if k not in given}
-            cfg = EntryConfig.model_validate({**inherited, **given})
+            merged[name] = RawEntry(
+                EntryConfig.model_validate({**inherited, **given}), origin, base[name].origin, frozenset(given)
+            )
+            continue
         merged[name] = RawEntry(cfg, origin)
     return merged
 
@@ -290,21 +308,31 @@ def resolve(raw: Mapping[str, RawEntry]) -> dict[str, CatalogEntry]:
     return {name: _resolve_one(name, raw) for name in raw}
 
 
+def _price_origin(name: str, raw: Mapping[str, RawEntry]) -> str | None:
+    """The origin of the entry in ``name``'s extends: chain that gave its price."""
+    seen = set()
+    while name in raw and name not in seen:
+        seen.add(name)
+        entry = raw[name]
+        if (origin := entry.gave("price")) is not None:
+            return origin
+        if entry.config.extends is None:
+            return None
+        name = entry.config.extends
+    return None
+
+
 def _resolve_one(name: str, raw: Mapping[str, RawEntry]) -> CatalogEntry:
     entry = raw[name]
     where = _where(name, entry)
     cfg = EntryConfig.model_validate(_flatten(name, raw))
-    if cfg.abstract:
-        try:
-            spec = _spec(name, cfg, partial=True)
-        except (ValueError, ConfigError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        return CatalogEntry(spec, cfg.price, entry.origin, cfg.source, abstract=True)
     try:
-        spec = _spec(name, cfg, partial=False)
+        spec = _spec(name, cfg, partial=cfg.abstract)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return CatalogEntry(spec, cfg.price, entry.origin, cfg.source)
+        message = str(exc).removeprefix(f"{name}: ")  # ModelSpec's own messages name the model
+        raise ConfigError(f"{where}: {message}") from None
+    price_origin = _price_origin(name, raw) if cfg.price is not None else None
+    return CatalogEntry(spec, cfg.price, entry.origin, cfg.source, abstract=cfg.abstract, price_origin=price_origin)
 
 
 def _input(cfg: InputConfig | None) -> InputRule | None:

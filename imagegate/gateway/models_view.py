@@ -110,7 +110,7 @@ def retirement_warnings(settings: Settings, routes: Mapping[str, Route], today: 
             base_url = str(provider.options().get("base_url") or "https://api.openai.com/v1")
             if provider.type != "openai" or urlsplit(base_url).hostname not in OPENAI_HOSTS:
                 continue
-            when = "was shut down" if retired <= today else "shuts down"
+            when = "shut down" if retired <= today else "shuts down"
             lines.append(
                 f"model {name!r} (deployment {dep.provider}/{dep.model}): OpenAI {when} {dep.model!r} on {retired.isoformat()}; "
                 "point it at a current model (e.g. gpt-image-2) or at an upstream that still serves it"

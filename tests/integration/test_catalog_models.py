@@ -240,5 +240,5 @@ def test_retired_names_sent_to_openai_are_logged_at_start(tmp_path: Path) -> Non
     }
     with serve_process(config, tmp_path) as served:
         log = served.log()
-    assert "OpenAI was shut down 'gpt-image-1' on 2026-10-23" in log
+    assert "OpenAI shut down 'gpt-image-1' on 2026-10-23" in log
     assert "'gpt-image-2'" not in log

@@ -40,8 +40,8 @@ def test_every_shipped_model_has_rules_and_a_price() -> None:
         entry = shipped.entry(name)
         assert entry is not None and not entry.abstract and entry.price is not None, name
         assert entry.origin.startswith("shipped (") and entry.source, name
-    for entry in shipped.entries():  # every served entry names its source
-        assert entry.source, entry.name
+    for entry in shipped.entries():  # every entry of the data files names its source
+        assert entry.source or not entry.origin.startswith("shipped ("), entry.name
 
 
 def test_retired_dates_are_facts_of_one_name() -> None:
@@ -156,3 +156,23 @@ def test_every_entry_survives_a_copy_as_routes_make_it() -> None:
         assert spec is not None
         copy = replace(spec, unknown_fields="forward")
         assert copy.accepts == spec.accepts and copy.extra_fields == spec.extra_fields, name
+
+
+def test_a_config_override_keeps_the_shipped_price_and_its_origin(tmp_path: Path) -> None:
+    from imagegate.accounting.prices import PriceBook
+
+    settings = settings_with(tmp_path, {"gpt-image-2": {"n_max": 4}, "mine": {"extends": "gpt-image-2"}})
+    entries = catalog.effective(settings.catalog)
+    for name in ("gpt-image-2", "mine"):
+        entry = entries.entry(name)
+        assert entry is not None and entry.price_origin == "shipped (openai.yaml)", name
+    book = PriceBook.build(entries.entries(), {})
+    assert book.find_with_origin("gpt-image-2")[1] == "gpt-image-2, shipped (openai.yaml)"
+    priced = settings_with(tmp_path, {"gpt-image-2": {"price": {"per_image": 0.1}}})
+    book = PriceBook.build(catalog.effective(priced.catalog).entries(), {})
+    assert book.find_with_origin("gpt-image-2")[1] == "gpt-image-2, config (catalog)"
+
+
+def test_output_formats_are_those_the_gateway_can_serve(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="catalog.x.output_formats.2"):
+        settings_with(tmp_path, {"x": {"extends": "gpt-image-2", "output_formats": ["png", "webp", "gif"]}})

@@ -194,8 +194,11 @@ def test_gpt_image_2_reserves_by_the_asked_size_and_bounds_every_quality() -> No
             for reported in ("low", "medium", "high"):
                 assert actual(price, req, 1, None, ImageMeta(quality=reported, size=size)).nusd <= worst_case(price, req)
     auto = worst_case(price, gen("gpt-image-2", size="auto"))
-    listed = ("1024x1024", "1536x1024", "1024x1536")  # "auto" counts as the dearest of the listed sizes
-    assert auto == max(worst_case(price, gen("gpt-image-2", size=s)) for s in listed)
+    # "auto" may come back at any size the model makes: reserved for the dearest of
+    # the listed sizes and the largest square and rectangle within its limits
+    anywhere = ("1024x1024", "1536x1024", "1024x1536", "2880x2880", "3840x2160")
+    assert auto == max(worst_case(price, gen("gpt-image-2", size=s)) for s in anywhere)
+    assert auto == worst_case(price, gen("gpt-image-2", size="2880x2880")) > large
 
 
 def test_cached_input_is_billed_at_the_cached_rates_and_never_below_the_real_cost() -> None:
