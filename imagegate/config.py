@@ -292,7 +292,8 @@ class Settings(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     storage: StorageConfig = StorageConfig()
-    # Prices only, by model name (a shortcut for catalog: {NAME: {price: ...}}; wins over the catalog's).
+    # Prices only, by model name (a shortcut for catalog: {NAME: {price: ...}}; for one name it wins over
+    # the catalog's; docs/catalog.md gives the lookup order by upstream, public and rules name).
     pricing: dict[str, PriceConfig] = {}
     # Models' rules and prices added or changed (imagegate/catalog/*.yaml's schema; extends: inherits).
     catalog: dict[str, EntryConfig] = {}
