@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,25 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from imagegate.contract.fields import FieldSpec, FieldType
 from imagegate.contract.rules import (
     MB,
-    SPEC_OPTIONAL_FIELDS,
     FreeSizeRule,
     InputRule,
     ModelSpec,
+    SpecField,
 )
 from imagegate.errors import ConfigError
 
-SpecField = Literal[
-    "quality",
-    "background",
-    "output_format",
-    "output_compression",
-    "moderation",
-    "stream",
-    "partial_images",
-    "input_fidelity",
-    "style",
-]
-assert set(get_args(SpecField)) == SPEC_OPTIONAL_FIELDS
 # A size as listed: auto, WIDTHxHEIGHT, or an upstream's own token (1K, 2K, 4K).
 _SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}|[0-9A-Za-z:._-]{1,16})$"
 

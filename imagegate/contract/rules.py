@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from imagegate.contract.fields import FieldSpec
 
@@ -25,21 +25,22 @@ GENERATIONS: Final = "generations"
 EDITS: Final = "edits"
 VARIATIONS: Final = "variations"
 
-# Optional spec fields that only some models take. Fields every model takes
-# (prompt, model, n, size, user, response_format) are not listed.
-GPT_IMAGE_FIELDS = frozenset(
-    {
-        "quality",
-        "background",
-        "output_format",
-        "output_compression",
-        "moderation",
-        "stream",
-        "partial_images",
-        "input_fidelity",
-    }
-)
-SPEC_OPTIONAL_FIELDS = GPT_IMAGE_FIELDS | {"style"}
+# Optional spec fields that only some models take (a catalog entry's
+# `accepts` names them). Fields every model takes (prompt, model, n, size,
+# user, response_format) are not listed.
+SpecField = Literal[
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "stream",
+    "partial_images",
+    "input_fidelity",
+    "style",
+]
+SPEC_OPTIONAL_FIELDS: frozenset[str] = frozenset(get_args(SpecField))
+GPT_IMAGE_FIELDS = SPEC_OPTIONAL_FIELDS - {"style"}
 COMMON_FIELDS = frozenset({"model", "prompt", "n", "size", "user", "response_format", "image", "images", "mask"})
 
 _SIZE_RE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
