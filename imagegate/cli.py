@@ -115,11 +115,12 @@ def models_command(config_path: str | None, as_json: bool) -> None:
         sizes = ", ".join(view["sizes"]) + (" or WxH within limits" if view["free_size"] else "")
         retired = f"  RETIRED {view['retired']}" if view["retired"] else ""
         click.echo(f"{view['id']}{retired}")
-        click.echo(f"  rules: {view['rules']} ({view['rules_origin']})  endpoints: {', '.join(view['endpoints'])}")
+        click.echo(f"  rules: {view['rules']}, {view['rules_origin']}; endpoints: {', '.join(view['endpoints'])}")
         click.echo(f"  sizes: {sizes}; qualities: {', '.join(view['qualities'])}; n <= {view['n_max']}")
         if view["extra_fields"]:
             click.echo(f"  extra fields: {', '.join(view['extra_fields'])}; unknown fields: {view['unknown_fields']}")
-        click.echo(f"  price: {_price_line(view['price'])} ({view['price_origin'] or 'none: budgeted keys are refused'})")
+        origin = view["price_origin"] or "nowhere: budgeted keys are refused it"
+        click.echo(f"  price: {_price_line(view['price'])}; from {origin}")
     for line in retirement_warnings(settings, routes):
         click.echo(f"warning: {line}")
 

@@ -218,7 +218,7 @@ def test_check_config_and_models_cli(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "studio-model" in ok.stdout, ok.stderr
     shown = _run("models", "--config", str(config))
     assert shown.returncode == 0, shown.stderr
-    assert "rules: studio-model (config)" in shown.stdout and "per image: default 0.050000" in shown.stdout
+    assert "rules: studio-model, config;" in shown.stdout and "per image: default 0.050000" in shown.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(TEN_LINES.replace("extends: gpt-image-2", "extends: gpt-image-9"))
     refused = _run("check-config", str(bad))
