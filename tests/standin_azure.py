@@ -36,12 +36,12 @@ Protocol, from Azure's documentation and the official clients:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from standin_http import map_strings
 from standin_openai import Fault, OpenAIStandIn, Received
 
 API_KEY = "azure-key-0123456789abcdef0123456789ab"
@@ -154,10 +154,6 @@ class AzureStandIn(OpenAIStandIn):
         self.endpoint = self.base_url.removesuffix("/v1")
         self.base_url = self.endpoint  # "url" faults hand out {endpoint}/files/...
 
-    def __enter__(self) -> AzureStandIn:
-        super().__enter__()
-        return self
-
     def answer(self, h: Any, rec: Received, fault: Fault | None) -> None:
         refusal = self.refusal(rec)
         if refusal is not None:
@@ -165,7 +161,7 @@ class AzureStandIn(OpenAIStandIn):
                 with self._lock:
                     self.script.appendleft(fault)
             status, body = refusal
-            h._send(status, json.dumps(body).encode(), "application/json", {"apim-request-id": "0-refused"})
+            h.send_json(status, body, {"apim-request-id": "0-refused"})
             return
         if fault is not None and fault.echo:
             key = rec.headers.get("api-key", "")
@@ -200,10 +196,4 @@ class AzureStandIn(OpenAIStandIn):
 
 
 def _sub(value: Any, key: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("$APIKEY", key)
-    if isinstance(value, list):
-        return [_sub(v, key) for v in value]
-    if isinstance(value, dict):
-        return {k: _sub(v, key) for k, v in value.items()}
-    return value
+    return map_strings(value, lambda text: text.replace("$APIKEY", key))

@@ -19,22 +19,18 @@ careless upstreams do in their errors.
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
-import http.server
 import io
 import json
 import select
 import socket
-import struct
 import threading
 import time
 import urllib.parse
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
+from standin_http import Handler, StandInServer, map_strings, multipart_parts
 
 
 @dataclass
@@ -73,32 +69,24 @@ USAGE = {
 }
 
 
-class OpenAIStandIn:
+class OpenAIStandIn(StandInServer[Received, Fault]):
     def __init__(self, image: bytes | None = None) -> None:
         self.image = image or png_of(64, 48)
-        self.received: list[Received] = []
         self.fetched: list[Received] = []  # GETs of image URLs, with their headers
         self.get_delay = 0.0  # seconds each GET waits before answering
         self.gets_in_flight = 0
         self.max_gets_in_flight = 0
         self.served: list[bytes] = []  # the image bytes of each success answer
-        self.script: deque[Fault] = deque()
         self.gate_released_in_time: bool | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self.aborted = 0  # "slow" answers whose caller hung up first
-        self._lock = threading.Lock()
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class OpenAIHandler(Handler):
             def do_GET(self) -> None:  # noqa: N802 - image URLs handed out by "url" answers
                 with standin._lock:
-                    standin.fetched.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    standin.fetched.append(Received(self.path, self.header_map()))
                     standin.gets_in_flight += 1
                     standin.max_gets_in_flight = max(standin.max_gets_in_flight, standin.gets_in_flight)
                 try:
@@ -114,17 +102,15 @@ class OpenAIStandIn:
                         standin.gets_in_flight -= 1
 
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length)
-                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()})
+                body = self.read_body()
+                rec = Received(self.path, self.header_map())
                 ctype = self.headers.get("Content-Type", "")
                 if ctype.startswith("application/json"):
                     rec.json = json.loads(body)
                 elif ctype.startswith("multipart/form-data"):
                     _parse_multipart(ctype, body, rec)
+                fault = standin.record(rec)
                 with standin._lock:
-                    standin.received.append(rec)
-                    fault = standin.script.popleft() if standin.script else None
                     standin.in_flight += 1
                     standin.max_in_flight = max(standin.max_in_flight, standin.in_flight)
                 try:
@@ -133,28 +119,8 @@ class OpenAIStandIn:
                     with standin._lock:
                         standin.in_flight -= 1
 
-            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.Handler = Handler
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> OpenAIStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.Handler = OpenAIHandler
+        super().__init__(OpenAIHandler, "/v1")
 
     # -- answers ---------------------------------------------------------------
 
@@ -202,9 +168,7 @@ class OpenAIStandIn:
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
         elif fault.kind == "reset":
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            h.close_connection = True
-            h.connection.close()
+            h.reset_connection()
         elif fault.kind == "hang":
             time.sleep(fault.seconds)
             h.close_connection = True
@@ -228,11 +192,7 @@ class OpenAIStandIn:
             h._send(200, json.dumps(payload).encode(), "application/json")
 
     def _stream(self, h: Any, fault: Fault) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Cache-Control", "no-cache")
-        h.end_headers()  # no Content-Length: the body ends when the connection closes
-        h.close_connection = True
+        h.start_events()
         for i, event in enumerate(fault.events):
             name = event.get("type", "message")
             h.wfile.write(f"event: {name}\ndata: {json.dumps(event)}\n\n".encode())
@@ -242,21 +202,18 @@ class OpenAIStandIn:
 
 
 def _echo(value: Any, rec: Received) -> Any:
-    if isinstance(value, str):
-        headers = json.dumps(rec.headers)
-        auth = rec.headers.get("authorization", "")
-        value = value.replace("$AUTHORIZATION", auth).replace("$TOKEN", auth.removeprefix("Bearer "))
-        return value.replace("$HEADERS", headers)
-    if isinstance(value, list):
-        return [_echo(v, rec) for v in value]
-    if isinstance(value, dict):
-        return {k: _echo(v, rec) for k, v in value.items()}
-    return value
+    headers = json.dumps(rec.headers)
+    auth = rec.headers.get("authorization", "")
+
+    def fill(text: str) -> str:
+        text = text.replace("$AUTHORIZATION", auth).replace("$TOKEN", auth.removeprefix("Bearer "))
+        return text.replace("$HEADERS", headers)
+
+    return map_strings(value, fill)
 
 
 def _parse_multipart(ctype: str, body: bytes, rec: Received) -> None:
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
-    for part in msg.iter_parts():
+    for part in multipart_parts(ctype, body):
         name = part.get_param("name", header="content-disposition")
         filename = part.get_filename()
         payload = part.get_payload(decode=True) or b""

@@ -44,21 +44,15 @@ on the same server, which records the headers it was fetched with.
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
-import http.server
 import io
 import json
-import socket
-import struct
-import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+from standin_http import Handler, StandInServer, multipart_parts
 
 # https://www.recraft.ai/docs/api-reference/appendix: aspect ratio -> size, per model family.
 ASPECTS = ["1:1", "2:1", "1:2", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5", "6:10", "14:10", "10:14", "16:9", "9:16"]
@@ -136,26 +130,18 @@ class Refusal(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-class RecraftStandIn:
+class RecraftStandIn(StandInServer[Received, Fault]):
     def __init__(self, token: str | None = None) -> None:
         self.token = token  # when set, requests without "Authorization: Bearer <token>" get 401
-        self.received: list[Received] = []
         self.fetched: list[Received] = []  # GETs of /files/..., with their headers
         self.files: dict[str, tuple[bytes, str]] = {}
         self.served: list[bytes] = []  # the bytes of every image answered
-        self.script: deque[Fault] = deque()
-        self._lock = threading.Lock()
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class RecraftHandler(Handler):
             def do_GET(self) -> None:  # noqa: N802 - files handed out by url answers
                 with standin._lock:
-                    standin.fetched.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    standin.fetched.append(Received(self.path, self.header_map()))
                     found = standin.files.get(self.path.removeprefix("/files/"))
                 if found is None:
                     self._send(404, b"404 page not found", "text/plain")
@@ -163,40 +149,16 @@ class RecraftStandIn:
                     self._send(200, *found)
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()})
+                body = self.read_body()
+                rec = Received(self.path, self.header_map())
                 ctype = self.headers.get("Content-Type", "")
                 if ctype.startswith("application/json"):
                     rec.json = json.loads(body)
                 elif ctype.startswith("multipart/form-data"):
                     _parse_multipart(ctype, body, rec)
-                with standin._lock:
-                    standin.received.append(rec)
-                    fault = standin.script.popleft() if standin.script else None
-                standin.answer(self, rec, fault)
+                standin.answer(self, rec, standin.record(rec))
 
-            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.base_url = f"{self.origin}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> RecraftStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(RecraftHandler, "/v1")
 
     def reset(self) -> None:
         self.received.clear()
@@ -213,15 +175,13 @@ class RecraftStandIn:
             if isinstance(fault.body, str):
                 h._send(fault.status, fault.body.encode(), "text/plain; charset=utf-8", fault.headers)
             else:
-                h._send(fault.status, json.dumps(fault.body).encode(), "application/json", fault.headers)
+                h.send_json(fault.status, fault.body, fault.headers)
         elif fault.kind == "json":
-            h._send(fault.status, json.dumps(fault.body).encode(), "application/json", fault.headers)
+            h.send_json(fault.status, fault.body, fault.headers)
         elif fault.kind == "garbage":
             h._send(fault.status, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         elif fault.kind == "reset":
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            h.close_connection = True
-            h.connection.close()
+            h.reset_connection()
         elif fault.kind == "hang":
             time.sleep(fault.seconds)
             h.close_connection = True
@@ -238,9 +198,9 @@ class RecraftStandIn:
         try:
             payload = route(rec)
         except Refusal as exc:
-            h._send(exc.status, json.dumps({"code": exc.code, "message": exc.message}).encode(), "application/json")
+            h.send_json(exc.status, {"code": exc.code, "message": exc.message})
             return
-        h._send(200, json.dumps(payload).encode(), "application/json")
+        h.send_json(200, payload)
 
     def _common(self, params: dict[str, Any]) -> tuple[str, int]:
         prompt = params.get("prompt")
@@ -316,8 +276,7 @@ class RecraftStandIn:
 
 
 def _parse_multipart(ctype: str, body: bytes, rec: Received) -> None:
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
-    for part in msg.iter_parts():
+    for part in multipart_parts(ctype, body):
         name = part.get_param("name", header="content-disposition")
         filename = part.get_filename()
         payload = part.get_payload(decode=True) or b""

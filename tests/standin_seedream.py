@@ -46,17 +46,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.server
 import io
 import json
 import re
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+from standin_http import Handler, StandInServer
 
 # The request body's fields (1541523); anything else is refused, so a field
 # the gateway should not send cannot slip through a test.
@@ -125,64 +124,32 @@ class Refused(Exception):
         self.code, self.message, self.param = code, message, param
 
 
-class SeedreamStandIn:
+class SeedreamStandIn(StandInServer[Received, Fault]):
     def __init__(self, key: str) -> None:
         self.key = key
-        self.received: list[Received] = []
-        self.script: deque[Fault] = deque()
         self.fail: dict[int, str] = {}  # image_index -> error code for the next answers
         self.batch: int | None = None  # images a batch makes (default: max_images)
         self.url_answers = False  # answer with URLs whatever response_format says
         self.gate: threading.Event | None = None  # stream: wait for it after the second event
         self.gate_released_in_time: bool | None = None
         self.files: dict[str, bytes] = {}
-        self._lock = threading.Lock()
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class SeedreamHandler(Handler):
             def do_GET(self) -> None:  # noqa: N802 - the URLs of url answers
                 data = standin.files.get(self.path.rsplit("/", 1)[-1])
                 self._send(200 if data else 404, data or b"{}", "image/jpeg" if data else "application/json")
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.read_body()
                 try:
                     payload = json.loads(body)
                 except ValueError:
                     payload = {}
-                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, payload)
-                with standin._lock:
-                    standin.received.append(rec)
-                    fault = standin.script.popleft() if standin.script else None
-                standin.answer(self, rec, fault)
+                rec = Received(self.path, self.header_map(), payload)
+                standin.answer(self, rec, standin.record(rec))
 
-            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.base_url = f"{self.origin}/api/v3"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> SeedreamStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(SeedreamHandler, "/api/v3")
 
     def reset(self) -> None:
         self.received.clear()
@@ -200,11 +167,7 @@ class SeedreamStandIn:
             self._fault(h, rec, fault)
             return
         if rec.path != "/api/v3/images/generations":
-            h._send(
-                404,
-                json.dumps({"error": {"code": "NotFound", "message": "no such path", "param": "", "type": "NotFound"}}).encode(),
-                "application/json",
-            )
+            h.send_json(404, {"error": {"code": "NotFound", "message": "no such path", "param": "", "type": "NotFound"}})
             return
         if rec.headers.get("authorization") != f"Bearer {self.key}":
             f = ark_error(401, "AuthenticationError", "The API key in the request is missing or invalid.", kind="Unauthorized")
@@ -220,7 +183,7 @@ class SeedreamStandIn:
         else:
             data = [item for _, item in plan["items"]]
             payload = {"model": rec.json["model"], "created": 1_757_323_224, "data": data, "usage": plan["usage"]}
-            h._send(200, json.dumps(payload).encode(), "application/json")
+            h.send_json(200, payload)
 
     def _check(self, rec: Received) -> dict[str, Any]:
         """Refuse what Ark refuses; the images this request makes."""
@@ -300,11 +263,7 @@ class SeedreamStandIn:
         self._send_events(h, events)
 
     def _send_events(self, h: Any, events: list[dict[str, Any]]) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Cache-Control", "no-cache")
-        h.end_headers()  # no Content-Length: the body ends when the connection closes
-        h.close_connection = True
+        h.start_events()
         for i, event in enumerate(events):
             name = event.get("type")
             head = f"event: {name}\n" if name else ""
@@ -317,7 +276,7 @@ class SeedreamStandIn:
 
     def _fault(self, h: Any, rec: Received, fault: Fault) -> None:
         if fault.kind in ("status", "json"):
-            h._send(fault.status, json.dumps(fault.body).encode(), "application/json", fault.headers)
+            h.send_json(fault.status, fault.body, fault.headers)
         elif fault.kind == "garbage":
             h._send(fault.status, b"<html>bad gateway</html>", "text/html")
         elif fault.kind == "events":

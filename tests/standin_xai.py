@@ -42,17 +42,15 @@ answers like xAI or with the next scripted :class:`Fault`.
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import math
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+from standin_http import Handler, StandInServer
 
 KEY = "xai-standin-key-0123456789"
 TICKS_PER_IMAGE = 200_000_000  # $0.02 in xAI's 1e-10 USD ticks
@@ -101,68 +99,34 @@ def _error(message: str, status: int = 400) -> Fault:
     return Fault("status", status, {"code": INVALID, "error": message})
 
 
-class XAIStandIn:
+class XAIStandIn(StandInServer[Received, Fault]):
     def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.script: deque[Fault] = deque()
         self.served: list[bytes] = []  # the image of each success answer
         self._files: dict[str, bytes] = {}
-        self._lock = threading.Lock()
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class XAIHandler(Handler):
             def do_GET(self) -> None:  # noqa: N802 - image URLs handed out by "url" answers
                 data = standin._files.get(self.path)
                 if data is None:
-                    self.send(404, {"code": "Some requested entity was not found", "error": "not found"})
+                    self.send_json(404, {"code": "Some requested entity was not found", "error": "not found"})
                 else:
-                    self.send_bytes(200, data, "image/jpeg")
+                    self._send(200, data, "image/jpeg")
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.read_body()
                 ctype = self.headers.get("Content-Type", "")
-                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, ctype)
+                rec = Received(self.path, self.header_map(), ctype)
                 if ctype.startswith("application/json"):
                     rec.json = json.loads(body)
-                with standin._lock:
-                    standin.received.append(rec)
-                    fault = standin.script.popleft() if standin.script else None
+                fault = standin.record(rec)
                 status, payload = standin.answer(rec, fault)
                 if isinstance(payload, bytes):
-                    self.send_bytes(status, payload, "text/html")
+                    self._send(status, payload, "text/html")
                 else:
-                    self.send(status, payload, fault.headers if fault else None)
+                    self.send_json(status, payload, fault.headers if fault else None)
 
-            def send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-                self.send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
-
-            def send_bytes(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.base_url = f"{self.origin}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> XAIStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(XAIHandler, "/v1")
 
     def reset(self) -> None:
         self.received.clear()
