@@ -52,7 +52,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -103,14 +103,23 @@ class ErrorFields:
     param: str | None = None
 
 
-def openai_error_fields(body: bytes) -> ErrorFields | None:
-    """OpenAI's error envelope ``{"error": {"message", "type", "code", "param"}}``."""
+def error_object(body: bytes) -> dict[str, Any] | None:
+    """The ``error`` object of a JSON envelope ``{"error": {"message": <str>, ...}}``
+    (OpenAI's, and the dialects' that copy its shape); None for any other body."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+        return None
+    return err
+
+
+def openai_error_fields(body: bytes) -> ErrorFields | None:
+    """OpenAI's error envelope ``{"error": {"message", "type", "code", "param"}}``."""
+    err = error_object(body)
+    if err is None:
         return None
     kind, code, param = err.get("type"), err.get("code"), err.get("param")
     return ErrorFields(

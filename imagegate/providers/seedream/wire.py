@@ -40,7 +40,7 @@ import pybase64
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.contract.results import ImageMeta, Usage
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
-from imagegate.providers.http import ErrorFields, invalid_response
+from imagegate.providers.http import ErrorFields, error_object, invalid_response
 
 log = logging.getLogger("imagegate.providers.seedream")
 
@@ -163,12 +163,8 @@ def error_fields(body: bytes) -> ErrorFields | None:
     Ark's ``type`` (``BadRequest``, ``Unauthorized``...) is not OpenAI's, so
     the gateway's own type goes out; a content-filter code becomes
     ``content_policy_violation`` (the Ark code stays in the message)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    err = payload.get("error") if isinstance(payload, dict) else None
-    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+    err = error_object(body)
+    if err is None:
         return None
     failure = failure_of(err)
     param = err.get("param")
