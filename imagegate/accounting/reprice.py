@@ -132,7 +132,8 @@ async def reprice(
     write the changed ones unless ``dry_run``. Rows are read and written in
     batches of :data:`BATCH`, in the caller's transaction."""
     report = Report(written=not dry_run)
-    query = select(UsageRecord).where(UsageRecord.status < 400, UsageRecord.created_at >= since)
+    charged = (UsageRecord.status < 400) | (UsageRecord.n > 0)  # a failed stream's delivered images were charged
+    query = select(UsageRecord).where(charged, UsageRecord.created_at >= since)
     if until is not None:
         query = query.where(UsageRecord.created_at < until)
     if model is not None:

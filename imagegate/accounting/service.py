@@ -84,7 +84,8 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a request ended: images delivered (with usage), or an error status."""
+    """How a request ended: images delivered (with usage), or an error status
+    (with the images a stream had delivered before it, which are charged)."""
 
     images: int = 0
     usage: Usage | None = None
@@ -336,7 +337,8 @@ class Accounting:
         could be neither written nor journaled."""
         request = admission.request
         price = self._price_of(request, admission.deployment)
-        cost = actual(price, request, outcome.images, outcome.usage, outcome.meta) if outcome.status < 400 else None
+        delivered = outcome.status < 400 or outcome.images > 0  # a stream may fail after some images
+        cost = actual(price, request, outcome.images, outcome.usage, outcome.meta) if delivered else None
         charged = cost.nusd if cost is not None else 0
         if cost is not None and admission.reservation_id is not None and charged > admission.reserved:
             log.error(
@@ -354,7 +356,7 @@ class Accounting:
             provider=admission.deployment.provider or None,
             upstream_model=admission.deployment.model or None,
             endpoint=request.endpoint,
-            n=outcome.images if outcome.status < 400 else request.n,
+            n=outcome.images,  # the images delivered (and charged); 0 for a failure that delivered none
             size=outcome.meta.size or request.size,
             quality=outcome.meta.quality or request.quality,
             input_text_tokens=cost.input_text_tokens if cost else None,

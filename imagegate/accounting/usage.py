@@ -51,7 +51,7 @@ async def summarize(
         select(
             *keys,
             func.count().label("requests"),
-            func.sum(func.coalesce(UsageRecord.n, 0)).filter(ok).label("images"),
+            func.sum(func.coalesce(UsageRecord.n, 0)).label("images"),  # delivered: a failed stream's too
             func.count().filter(~ok).label("errors"),
             func.coalesce(func.sum(UsageRecord.cost_nusd), 0).label("cost_nusd"),
             func.sum(func.coalesce(UsageRecord.input_text_tokens, 0) + func.coalesce(UsageRecord.input_image_tokens, 0)).label(

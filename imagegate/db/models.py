@@ -87,7 +87,7 @@ class UsageRecord(Base):
     provider: Mapped[str | None] = mapped_column(String(128), nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     endpoint: Mapped[str] = mapped_column(String(16))
-    n: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)  # images delivered (and charged), on failed rows too
     size: Mapped[str | None] = mapped_column(String(16), nullable=True)
     quality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     input_text_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)

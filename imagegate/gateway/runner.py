@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from imagegate.accounting.caller import Caller
@@ -178,7 +178,11 @@ class RequestRunner:
                         meta = item.meta
                         yield stream_event(request, "completed", shaped, meta, item.usage, None)
             except BaseException as exc:
-                await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+                # Images already delivered were made (and billed upstream): they are
+                # charged whatever ends the stream after them (an error event, a hang-up).
+                failed = outcome_of_error(exc)
+                ended = replace(failed, images=images, usage=usage, meta=meta) if images else failed
+                await asyncio.shield(self.accounting.settle(admission, ended))
                 raise
             finally:
                 await _aclose(rest)

@@ -196,7 +196,7 @@ class ImageService:
             for dep in route.deployments:
                 if self.accounting.price_for(name, dep.model, route.rules.name) is None:
                     refused = self.settings.pricing_missing == "refuse"
-                    log.warning("model %s (%s on %s) has no price: %s; set pricing.%s in the config",
+                    log.warning("model %s (%s on %s) has no price: %s; set catalog.%s.price in the config",
                                 name, dep.model, dep.provider,
                                 "keys and teams with a budget are refused it, others are recorded at $0 (estimated)"
                                 if refused else "its requests are recorded at $0 (pricing_missing: allow)", name)  # fmt: skip

@@ -242,3 +242,22 @@ def test_retired_names_sent_to_openai_are_logged_at_start(tmp_path: Path) -> Non
         log = served.log()
     assert "OpenAI shut down 'gpt-image-1' on 2026-10-23" in log
     assert "'gpt-image-2'" not in log
+
+
+def test_images_a_stream_delivered_before_it_failed_are_charged(gw: Running, up: OpenAIStandIn) -> None:
+    key = admin(gw, "POST", "/admin/keys", json={"name": "streamer", "budget_usd": 10}).json()
+    b64 = base64.b64encode(make_image(1024, 1024)).decode()
+    done = {"type": "image_generation.completed", "b64_json": b64, "size": "1024x1024", "quality": "high",
+            "output_format": "png", "usage": GPT_IMAGE_2_USAGE}  # fmt: skip
+    error = {"type": "error", "error": {"message": "the second image failed", "type": "server_error", "code": "internal"}}
+    up.script.append(Fault("stream", events=[done, error]))
+    received = []
+    with pytest.raises(openai.APIError):
+        for event in gw.sdk(api_key=key["key"]).images.generate(model="gpt-image-2", prompt="x", n=2, stream=True):
+            received.append(event)
+    assert [e.type for e in received] == ["image_generation.completed"]
+    state = admin(gw, "GET", f"/admin/keys/{key['id']}").json()
+    expected = _rates("5.00", "1.25", "8.00", "2.00", "30.00").quantize(Decimal("0.000001"))
+    assert (Decimal(state["spent_usd"]), Decimal(state["reserved_usd"])) == (expected, 0)
+    rows = admin(gw, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
+    assert (rows[0]["images"], rows[0]["errors"], Decimal(rows[0]["cost_usd"])) == (1, 1, expected)
