@@ -189,10 +189,19 @@ def _form_json(spec: ModelSpec, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_RESERVED = frozenset(name.lower() for name in SPEC_OPTIONAL_FIELDS | COMMON_FIELDS)
+
+
 def _forwardable(spec: ModelSpec, name: str) -> bool:
-    """A field nobody declared that the model's entry lets through untouched
-    (never a spec field sent to the wrong endpoint: that is the client's error)."""
-    return spec.unknown_fields == "forward" and name not in SPEC_OPTIONAL_FIELDS | COMMON_FIELDS
+    """A field nobody declared that the model's entry lets through untouched:
+    never a spec field sent to the wrong endpoint (the client's error), nor
+    a spec or declared field's name in another case ("Model", "N"), which an
+    upstream matching JSON keys case-insensitively (Go's encoding/json) would
+    take for the gateway's own."""
+    if spec.unknown_fields != "forward":
+        return False
+    lowered = name.lower()
+    return lowered not in _RESERVED and lowered not in {field.lower() for field in spec.extra_fields}
 
 
 def _validate_extra(spec: ModelSpec, values: Mapping[str, object], *, strict: bool) -> dict[str, object]:

@@ -261,3 +261,12 @@ def test_images_a_stream_delivered_before_it_failed_are_charged(gw: Running, up:
     assert (Decimal(state["spent_usd"]), Decimal(state["reserved_usd"])) == (expected, 0)
     rows = admin(gw, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
     assert (rows[0]["images"], rows[0]["errors"], Decimal(rows[0]["cost_usd"])) == (1, 1, expected)
+
+
+def test_a_forwarded_field_cannot_pose_as_a_gateway_field_in_another_case(gw: Running, up: OpenAIStandIn) -> None:
+    sent = len(up.received)
+    for name, value in (("Model", "gpt-image-1"), ("N", 10), ("RESPONSE_FORMAT", "url"), ("Seed", 1), ("Mask", "x")):
+        with pytest.raises(openai.BadRequestError) as err:
+            gw.sdk().images.generate(model="house-flux", prompt="x", extra_body={name: value})
+        assert (err.value.code, err.value.param) == ("unknown_parameter", name)
+    assert len(up.received) == sent

@@ -187,7 +187,12 @@ def test_forwarded_fields_reach_ark_but_not_the_ones_it_sets_itself(up: Seedream
     options = {"optimize_prompt_options": {"mode": "fast"}}
     sdk.images.generate(model="forwarding", prompt="x", size="1K", response_format="b64_json", extra_body=options)
     assert up.received[0].json["optimize_prompt_options"] == {"mode": "fast"}
-    for field in ({"watermark": True}, {"sequential_image_generation": "auto"}):
+    for field in (
+        {"watermark": True},
+        {"sequential_image_generation": "auto"},
+        {"Watermark": True},
+        {"Sequential_Image_Generation": "auto"},
+    ):
         with pytest.raises(openai.BadRequestError) as info:
             sdk.images.generate(model="forwarding", prompt="x", extra_body=field)
         assert info.value.param == next(iter(field))

@@ -75,9 +75,9 @@ def body(request: ImageRequest, upstream_model: str, *, watermark: bool) -> byte
     """The Ark request body for ``request`` (see the module's doc)."""
     out: dict[str, Any] = {"model": upstream_model}
     for name, value in request.sent().items():
-        if name in _OURS:
+        if name.lower() in _OURS:  # any case: an upstream may match JSON keys case-insensitively
             raise InvalidRequestError(
-                f"'{name}' cannot be set by a request to model '{request.model}': {_OURS[name]}.",
+                f"'{name}' cannot be set by a request to model '{request.model}': {_OURS[name.lower()]}.",
                 param=name,
                 code="unsupported_parameter",
             )
