@@ -20,6 +20,7 @@ from imagegate.accounting.admin import Admin, View
 from imagegate.accounting.vault import Change, Vault, new_encryption_key
 from imagegate.cli_settings import load_or_exit
 from imagegate.config import Settings
+from imagegate.contract.catalog import ModelSpec
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
 from imagegate.errors import ImagegateError
@@ -325,20 +326,20 @@ def usage_reprice(
     from imagegate.accounting.reprice import price_lookup
 
     settings = _settings(config_path)
-    price_of = price_lookup(settings, _rules_names(settings))
+    price_of = price_lookup(settings, _route_rules(settings))
     report = run_admin(settings, lambda admin: admin.reprice(price_of, _utc(since), _utc(until), model, dry_run=dry_run))
     click.echo(json.dumps(report.view(), indent=2) if as_json else report.text())
 
 
-def _rules_names(settings: Settings) -> dict[str, str]:
-    """Each configured model's catalog rules name (prices may be set by it)."""
+def _route_rules(settings: Settings) -> dict[str, ModelSpec]:
+    """Each configured model's rules as its route has them (they decide the names its price is found by)."""
     from imagegate.errors import ConfigError
     from imagegate.gateway.routes import rules_for
 
     names = {}
     for name in settings.models:
         try:
-            names[name] = rules_for(settings, name).name
+            names[name] = rules_for(settings, name)
         except ConfigError:
             continue
     return names

@@ -137,20 +137,23 @@ class Tokens:
     image_out: int
     text_out: int = 0
     cached_in: int = 0
+    # Output tokens the details do not account for: at the dearer output rate.
+    other_out: int = 0
 
 
 def billed(usage: Usage) -> Tokens:
     """A reported usage as billed. Never below zero, whatever an upstream
     reports (the gateway rejects such answers before they get here; this is
     the last line). Undetailed input is billed as text, undetailed output as
-    image."""
+    image; output beyond its details at the dearer output rate."""
     text_in = max(0, usage.input_text_tokens)
     image_in = max(0, usage.input_image_tokens)
     text_in += max(0, usage.input_tokens - text_in - image_in)
     cached = min(max(0, usage.input_cached_tokens), text_in + image_in)
     if usage.output_image_tokens is not None or usage.output_text_tokens is not None:
         out_image, out_text = max(0, usage.output_image_tokens or 0), max(0, usage.output_text_tokens or 0)
-        return Tokens(text_in, image_in, out_image, out_text, cached)
+        rest = max(0, usage.output_tokens - out_image - out_text)
+        return Tokens(text_in, image_in, out_image, out_text, cached, rest)
     return Tokens(text_in, image_in, max(0, usage.output_tokens), cached_in=cached)
 
 
@@ -169,15 +172,29 @@ def token_cost(price: PerToken, tokens: Tokens) -> int:
         + image_cached * image_cached_rate
         + tokens.image_out * price.image_output
         + tokens.text_out * price.text_output
+        + tokens.other_out * max(price.image_output, price.text_output)
     )
     return max(0, nusd)
 
 
 def per_image_cost(price: PerImage, quality: str | None, size: str | None, images: int) -> int:
-    each = price.price(quality, size)
-    if each is None:  # quality/size outside the table: the most it could be
-        each = max([p for (q, _), p in price.table.items() if q == quality] or [price.most()])
-    return images * each
+    return images * _per_image_most(price, quality or "auto", size or "auto")
+
+
+def _per_image_most(price: PerImage, quality: str, size: str) -> int:
+    """One image's price at ``quality`` and ``size`` (or the table's
+    default); without a default, a quality the table does not list ("auto":
+    dall-e answers do not say which they used) is the dearest at that size,
+    a size it does not list ("auto") the dearest of its sizes, and neither
+    listed the most of the table. The reservation and the charge both come
+    from here, so the one bounds the other."""
+    exact = price.price(quality, size)
+    if exact is not None:
+        return exact
+    sizes = [size] if parse_size(size) else sorted({s for _, s in price.table})
+    candidates = [price.price(q, s) for q in _resolve_quality(price, quality) for s in sizes or [size]]
+    known = [c for c in candidates if c is not None]
+    return max(known) if known else price.most()
 
 
 def _resolve_quality(price: Price, asked: str) -> list[str]:
@@ -234,12 +251,7 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         return 0
     n = request.n
     if isinstance(price, PerImage):
-        sizes = [request.size] if parse_size(request.size) else None
-        candidates = [
-            price.price(q, s) for q in _resolve_quality(price, request.quality) for s in (sizes or [s for _, s in price.table])
-        ]
-        known = [c for c in candidates if c is not None]
-        return n * (max(known) if known else price.most())
+        return n * _per_image_most(price, request.quality, request.size)
     out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
@@ -303,12 +315,27 @@ def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
     text_in, image_in = row.input_text_tokens or 0, row.input_image_tokens or 0
     if row.output_image_tokens is not None or row.output_text_tokens is not None:  # reported usage
         cached = row.input_cached_tokens or 0
-        tokens = Tokens(text_in, image_in, row.output_image_tokens or 0, row.output_text_tokens or 0, cached)
+        image_out, text_out = row.output_image_tokens or 0, row.output_text_tokens or 0
+        rest = max(0, (row.output_tokens or 0) - image_out - text_out)
+        tokens = Tokens(text_in, image_in, image_out, text_out, cached, rest)
         return token_cost(price, tokens), False
     if row.output_tokens is not None:
         return token_cost(price, Tokens(text_in, image_in, row.output_tokens)), row.estimated
     out = row.images * _output_tokens(price, row.quality or "high", row.size or "auto")
     return out * price.image_output, True
+
+
+def price_names(public: str, upstream: str, spec: ModelSpec) -> tuple[str, ...]:
+    """The names a request's price is looked up by, in order. Rules a route
+    names with ``rules:`` price it first (an Azure deployment name is no
+    model), after a price the config gives the public name; rules found by
+    the upstream or public name price by those names; a provider's fallback
+    rules (openai-compatible, a dialect's default) never price a model."""
+    if spec.rules_from == "rules":
+        return (public, spec.name, upstream)
+    if spec.rules_from == "provider":
+        return (upstream, public)
+    return (upstream, public, spec.name)
 
 
 class PriceBook:

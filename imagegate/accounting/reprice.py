@@ -24,22 +24,31 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import Price, PriceBook, Recorded, recompute
+from imagegate.accounting.prices import Price, PriceBook, Recorded, price_names, recompute
 from imagegate.accounting.usage import to_table
 from imagegate.config import Settings
 from imagegate.contract import catalog
+from imagegate.contract.catalog import ModelSpec
 from imagegate.db.models import UsageRecord
 
 BATCH = 1000
 PriceOf = Callable[[str, str | None], Price | None]  # (public model, upstream model) -> price
 
 
-def price_lookup(settings: Settings, rules: Mapping[str, str]) -> PriceOf:
-    """Prices as the server finds them (``PriceBook``): by upstream model,
-    public model, then the model's rules entry (``rules``: public model ->
-    catalog name)."""
+def price_lookup(settings: Settings, rules: Mapping[str, ModelSpec]) -> PriceOf:
+    """Prices as the server finds them (``PriceBook``, by ``price_names``;
+    ``rules``: each public model's rules as its route has them). A public
+    model no longer configured is priced by its own and its upstream name."""
+
     book = PriceBook.build(catalog.effective(settings.catalog).entries(), settings.pricing)
-    return lambda public, upstream: book.find(upstream, public, rules.get(public))
+
+    def price_of(public: str, upstream: str | None) -> Price | None:
+        spec = rules.get(public)
+        if spec is None:
+            return book.find(upstream, public)
+        return book.find(*price_names(public, upstream or public, spec))
+
+    return price_of
 
 
 @dataclass

@@ -35,12 +35,13 @@ from imagegate.accounting import budgets, keys, reservations
 from imagegate.accounting.caller import Caller
 from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import Price, PriceBook, actual, worst_case
+from imagegate.accounting.prices import Price, PriceBook, actual, price_names, worst_case
 from imagegate.accounting.ratelimit import RateLimiter
 from imagegate.accounting.usage import UsageWriter
 from imagegate.accounting.vault import Vault
 from imagegate.config import Settings
 from imagegate.contract import catalog
+from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, ImageMeta, Usage
 from imagegate.db.engine import Database
@@ -223,13 +224,13 @@ class Accounting:
 
     # -- prices -------------------------------------------------------------------
 
-    def price_for(self, public: str, upstream: str, rules: str) -> Price | None:
-        return self.prices.find(upstream, public, rules)
+    def price_for(self, public: str, upstream: str, rules: ModelSpec) -> Price | None:
+        return self.prices.find(*price_names(public, upstream, rules))
 
     # -- admission and settlement -------------------------------------------------
 
     def _price_of(self, request: ImageRequest, deployment: Deployment) -> Price | None:
-        return self.price_for(request.model, deployment.model, request.spec.name)
+        return self.price_for(request.model, deployment.model, request.spec)
 
     async def check_limits(self, caller: Caller, request: ImageRequest, request_id: str) -> None:
         """The key's models and rate limits, before any expensive work on the

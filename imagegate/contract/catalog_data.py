@@ -79,8 +79,8 @@ class PriceConfig(_Strict):
         if not tokens and (self.output_tokens or self.output_tokens_formula):
             raise ValueError("output_tokens and output_tokens_formula go with token rates, not per_image")
         if self.output_tokens is not None:
-            if "1024x1024" not in next(iter(self.output_tokens.values()), {"1024x1024": 0}):
-                raise ValueError("output_tokens tables need a 1024x1024 entry (other sizes are scaled from it)")
+            if not self.output_tokens or any("1024x1024" not in table for table in self.output_tokens.values()):
+                raise ValueError("every output_tokens table needs a 1024x1024 entry (other sizes are scaled from it)")
             if any(t < 0 for table in self.output_tokens.values() for t in table.values()):
                 raise ValueError("output token counts cannot be negative")
         return self
@@ -161,7 +161,9 @@ class EntryConfig(_Strict):
     masks: bool | None = None
     transparency: bool | None = None
     reports_output_meta: bool | None = None
-    gateway_fields: list[str] | None = None
+    # Fields the gateway implements itself and never sends upstream: only
+    # those it can (hosting URLs, converting formats).
+    gateway_fields: list[Literal["response_format", "output_format", "output_compression"]] | None = None
     price: PriceConfig | None = None
 
     @model_validator(mode="after")

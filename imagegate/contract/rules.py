@@ -124,6 +124,11 @@ class ModelSpec:
     unknown_fields: Literal["forward", "reject"] = "reject"
     # The date the vendor shut the model down (None: in service).
     retired: date | None = None
+    # How a route came by these rules, which decides the names its price is
+    # looked up by (accounting.prices.price_names): the route's rules: entry,
+    # the public or upstream name's own entry, or the provider's fallback
+    # rules (never a price: those entries describe no one model).
+    rules_from: Literal["rules", "name", "provider"] = "name"
 
     def __post_init__(self) -> None:
         # An entry may give an optional spec field it does not take its

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import PerToken, Price, PriceBook
+from imagegate.accounting.prices import PerToken, Price, PriceBook, price_names
 from imagegate.config import Settings
 from imagegate.contract.catalog import Catalog, ModelSpec
 from imagegate.gateway.routes import Route
@@ -78,13 +78,16 @@ def model_views(routes: Mapping[str, Route], entries: Catalog, prices: PriceBook
         spec = route.rules
         entry = entries.entry(spec.name)
         from_catalog = entry is not None and entry.spec.endpoints == spec.endpoints
+        origin = entry.origin if from_catalog and entry is not None else None
+        if spec.rules_from == "provider":  # the provider's fallback rules for a name the catalog lacks
+            origin = f"provider default, {origin}" if origin else "provider"
         first = route.deployments[0]
-        price, price_origin = prices.find_with_origin(first.model, name, spec.name)
+        price, price_origin = prices.find_with_origin(*price_names(name, first.model, spec))
         views.append(
             {
                 "id": name,
                 "rules": spec.name,
-                "rules_origin": entry.origin if from_catalog and entry is not None else "provider",
+                "rules_origin": origin,
                 "source": entry.source if from_catalog and entry is not None else None,
                 "retired": spec.retired.isoformat() if spec.retired else None,
                 **rules_view(spec),

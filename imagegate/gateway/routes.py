@@ -38,7 +38,7 @@ def rules_for(settings: Settings, name: str, entries: Catalog | None = None) -> 
         spec = entries.lookup(route.rules)
         if spec is None:
             raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(entries.names())})")
-        return _unknown_fields(settings, name, spec)
+        return _unknown_fields(settings, name, replace(spec, rules_from="rules"))
     first = route.deployments[0]
     spec = entries.lookup(name) or entries.lookup(first.model)
     if spec is None:
@@ -51,6 +51,8 @@ def rules_for(settings: Settings, name: str, entries: Catalog | None = None) -> 
             raise ConfigError(f"models.{name}: {exc}") from None
         if spec is None and cls.default_rules is not None:
             spec = entries.lookup(cls.default_rules)
+        if spec is not None:
+            spec = replace(spec, rules_from="provider")
     if spec is None:
         raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(entries.names())}")
     return _unknown_fields(settings, name, spec)

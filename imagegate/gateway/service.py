@@ -194,7 +194,7 @@ class ImageService:
             await provider.start([d.model for r in self.routes.values() for d in r.deployments if d.provider == name])
         for name, route in self.routes.items():
             for dep in route.deployments:
-                if self.accounting.price_for(name, dep.model, route.rules.name) is None:
+                if self.accounting.price_for(name, dep.model, route.rules) is None:
                     refused = self.settings.pricing_missing == "refuse"
                     log.warning("model %s (%s on %s) has no price: %s; set catalog.%s.price in the config",
                                 name, dep.model, dep.provider,

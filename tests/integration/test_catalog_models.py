@@ -6,6 +6,7 @@ the effective rules and prices (/admin/models, `imagegate models`)."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from standin_openai import Fault, OpenAIStandIn
 
-from support import SIGNING_KEY, Running, make_image, run_server, serve_process
+from support import SIGNING_KEY, Running, data_url, make_image, run_server, serve_process
 
 MASTER = "master-key-for-the-catalog-tests-0001"
 IMAGEGATE = [sys.executable, "-m", "imagegate"]
@@ -67,7 +68,7 @@ def gateway_config(base_url: str) -> dict[str, Any]:
         "storage": {"signing_key": SIGNING_KEY},
         "auth": {"master_key": MASTER, "required": False},
         "routing": {"max_attempts": 1},
-        "providers": {"up": up, "open": {**up, "unknown_fields": "forward"}},
+        "providers": {"up": up, "open": {**up, "unknown_fields": "forward"}, "x": {"type": "xai", "base_url": base_url}},
         **yaml.safe_load(TEN_LINES),
         "models": {
             "gpt-image-2": [{"provider": "up"}],
@@ -75,6 +76,9 @@ def gateway_config(base_url: str) -> dict[str, Any]:
             "studio-model": [{"provider": "up"}],
             "house-flux": [{"provider": "up", "model": "vendor/flux-dev"}],  # unlisted: openai-compatible rules
             "gpt-image-2-open": {"rules": "gpt-image-2", "deployments": [{"provider": "open", "model": "gpt-image-2"}]},
+            # rules: names the model a deployment serves, whatever the deployment is called
+            "renamed": {"rules": "gpt-image-1.5", "deployments": [{"provider": "up", "model": "gpt-image-1"}]},
+            "grok-imagine-image-pro": [{"provider": "x"}],  # unlisted: xAI's fallback rules, no price
         },
     }
 
@@ -202,6 +206,14 @@ def test_admin_models_show_where_rules_and_prices_came_from(gw: Running) -> None
     flux = data["house-flux"]
     assert (flux["rules"], flux["unknown_fields"], flux["price"]) == ("openai-compatible", "forward", None)
     assert data["gpt-image-2-open"]["unknown_fields"] == "forward"
+    # explicit rules price the route; a provider's fallback rules never do
+    assert data["renamed"]["price_origin"] == "gpt-image-1.5, shipped (openai.yaml)"
+    pro = data["grok-imagine-image-pro"]
+    assert (pro["rules"], pro["rules_origin"], pro["price"]) == (
+        "grok-imagine-image",
+        "provider default, shipped (xai.yaml)",
+        None,
+    )
 
 
 # -- the command line and the start-up log ------------------------------------------
@@ -270,3 +282,12 @@ def test_a_forwarded_field_cannot_pose_as_a_gateway_field_in_another_case(gw: Ru
             gw.sdk().images.generate(model="house-flux", prompt="x", extra_body={name: value})
         assert (err.value.code, err.value.param) == ("unknown_parameter", name)
     assert len(up.received) == sent
+
+
+def test_a_json_edits_nested_fields_reach_a_multipart_upstream_as_json(gw: Running, up: OpenAIStandIn) -> None:
+    body = {"model": "house-flux", "prompt": "x", "images": [{"image_url": data_url(make_image(64, 64))}],
+            "lora": {"name": "ink", "scale": 0.5}, "stops": [1, 2]}  # fmt: skip
+    r = httpx.post(f"{gw.base_url}/v1/images/edits", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    fields = up.received[-1].fields
+    assert json.loads(fields["lora"]) == {"name": "ink", "scale": 0.5} and json.loads(fields["stops"]) == [1, 2]

@@ -176,3 +176,19 @@ def test_a_config_override_keeps_the_shipped_price_and_its_origin(tmp_path: Path
 def test_output_formats_are_those_the_gateway_can_serve(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="catalog.x.output_formats.2"):
         settings_with(tmp_path, {"x": {"extends": "gpt-image-2", "output_formats": ["png", "webp", "gif"]}})
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"price": {"image_output_per_1m": 30, "output_tokens": {"low": {"1024x1024": 272}, "high": {"1536x1024": 6208}}}},
+            "every output_tokens table needs a 1024x1024 entry",
+        ),
+        ({"gateway_fields": ["quality"]}, "catalog.x.gateway_fields.0"),
+    ],
+)
+def test_entries_that_would_fail_at_request_time_fail_at_start(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_with(tmp_path, {"x": {"extends": "gpt-image-2", **entry}})
+    assert message in str(err.value)

@@ -217,3 +217,23 @@ def test_cached_input_is_billed_at_the_cached_rates_and_never_below_the_real_cos
         assert cost.nusd >= real
     no_cache = actual(price, gen("gpt-image-2"), 1, replace(usage, input_cached_tokens=0), ImageMeta())
     assert no_cache.nusd == 200 * 5000 + 800 * 8000
+
+
+def test_auto_quality_is_reserved_and_charged_alike() -> None:
+    for model, size, usd_each in (
+        ("dall-e-3", "1024x1024", "0.08"),
+        ("dall-e-3", "1792x1024", "0.12"),
+        ("dall-e-2", "256x256", "0.016"),
+    ):
+        req = gen(model, quality="auto", size=size)
+        charged = actual(BUILTIN[model], req, 1, None, ImageMeta()).nusd
+        assert charged == worst_case(BUILTIN[model], req) == usd(usd_each), (model, size)
+
+
+def test_output_beyond_its_details_is_billed_at_the_dearer_output_rate() -> None:
+    usage = Usage(input_tokens=0, output_tokens=4160, total_tokens=4160, output_image_tokens=0, output_text_tokens=0)
+    cost = actual(BUILTIN["gpt-image-1.5"], gen("gpt-image-1.5"), 1, usage, ImageMeta())
+    assert cost.nusd == 4160 * usd("0.000032")  # image output, $32/1M
+    partly = Usage(input_tokens=0, output_tokens=100, total_tokens=100, output_image_tokens=60, output_text_tokens=10)
+    cost = actual(BUILTIN["gpt-image-1.5"], gen("gpt-image-1.5"), 1, partly, ImageMeta())
+    assert cost.nusd == 60 * 32_000 + 10 * 10_000 + 30 * 32_000

@@ -34,8 +34,13 @@ def upstream_fields(request: ImageRequest, upstream_model: str) -> dict[str, Any
 
 
 def _form_value(value: Any) -> str:
+    """A field as multipart text: booleans as JSON's, objects and arrays as
+    JSON text (a JSON edit's nested field reaches a multipart upstream as
+    JSON, never as Python's repr)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
     return str(value)
 
 
