@@ -96,6 +96,11 @@ class StandInServer(Generic[R, F]):
             self.received.append(rec)
             return self.script.popleft() if self.script else None
 
+    def reset(self) -> None:
+        """Forget what was received and scripted (a stand-in adds its own state)."""
+        self.received.clear()
+        self.script.clear()
+
 
 def multipart_parts(ctype: str, body: bytes) -> Iterator[email.message.MIMEPart]:
     """The parts of a ``multipart/form-data`` body whose Content-Type header is ``ctype``."""

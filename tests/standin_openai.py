@@ -122,6 +122,11 @@ class OpenAIStandIn(StandInServer[Received, Fault]):
         self.Handler = OpenAIHandler
         super().__init__(OpenAIHandler, "/v1")
 
+    def reset(self) -> None:
+        super().reset()
+        self.served.clear()
+        self.gate_released_in_time = None
+
     # -- answers ---------------------------------------------------------------
 
     def success_payload(self, rec: Received) -> dict[str, Any]:

@@ -161,10 +161,9 @@ class RecraftStandIn(StandInServer[Received, Fault]):
         super().__init__(RecraftHandler, "/v1")
 
     def reset(self) -> None:
-        self.received.clear()
+        super().reset()
         self.fetched.clear()
         self.served.clear()
-        self.script.clear()
 
     # -- answers ---------------------------------------------------------------
 

@@ -152,8 +152,7 @@ class SeedreamStandIn(StandInServer[Received, Fault]):
         super().__init__(SeedreamHandler, "/api/v3")
 
     def reset(self) -> None:
-        self.received.clear()
-        self.script.clear()
+        super().reset()
         self.fail = {}
         self.batch = None
         self.url_answers = False

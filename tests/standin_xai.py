@@ -129,8 +129,7 @@ class XAIStandIn(StandInServer[Received, Fault]):
         super().__init__(XAIHandler, "/v1")
 
     def reset(self) -> None:
-        self.received.clear()
-        self.script.clear()
+        super().reset()
         self.served.clear()
 
     # -- answers ---------------------------------------------------------------

@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 import yaml
 from openai import OpenAI
 from PIL import Image
+from standin_http import StandInServer
 
 from imagegate.app import create_app
 from imagegate.config import load_settings
@@ -100,6 +102,44 @@ def run_server(config: dict[str, Any], tmp: Path) -> Iterator[Running]:
         server.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+def admin(base_url: str, master: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """Call a server's admin API (``path``: ``/admin/...``) with its master key."""
+    return httpx.request(method, base_url + path, headers={"Authorization": f"Bearer {master}"}, timeout=30, **kwargs)
+
+
+# -- a stand-in upstream and a server in front of it ----------------------------
+
+Up = TypeVar("Up", bound=StandInServer[Any, Any])
+
+
+def standin_fixtures(start: Callable[[], Up], config_of: Callable[[str], dict[str, Any]], name: str) -> tuple[Any, Any, Any]:
+    """The fixtures an upstream's tests start from, for module-level names:
+    ``upstream, gateway, up = standin_fixtures(XAIStandIn, gateway_config, "xai")``.
+
+    ``upstream``: the stand-in ``start()`` makes, serving for the whole module
+    (the first name must be ``upstream``: the second fixture asks for it);
+    ``gateway``: the real server (:func:`run_server`) configured by
+    ``config_of(upstream.base_url)``, for the whole module; ``up``: the
+    stand-in, ``reset()`` before each test that asks for it."""
+
+    @pytest.fixture(scope="module")
+    def upstream() -> Iterator[Up]:
+        with start() as standin:
+            yield standin
+
+    @pytest.fixture(scope="module")
+    def gateway(upstream: Up, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+        with run_server(config_of(upstream.base_url), tmp_path_factory.mktemp(name)) as running:
+            yield running
+
+    @pytest.fixture
+    def up(upstream: Up) -> Up:
+        upstream.reset()
+        return upstream
+
+    return upstream, gateway, up
 
 
 # -- images -------------------------------------------------------------------

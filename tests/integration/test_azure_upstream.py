@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from standin_openai import USAGE, Fault
 from imagegate.config import load_settings
 from imagegate.errors import ConfigError
 from imagegate.gateway.routes import rules_for
-from support import SIGNING_KEY, Running, decode_b64, decode_bytes, make_image, make_mask, run_server
+from support import SIGNING_KEY, Running, decode_b64, decode_bytes, make_image, make_mask, standin_fixtures
 
 DATED = "2025-04-01-preview"
 
@@ -73,25 +72,7 @@ def gateway_config(endpoint: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[AzureStandIn]:
-    with AzureStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: AzureStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with run_server(gateway_config(upstream.endpoint), tmp_path_factory.mktemp("azure")) as running:
-        yield running
-
-
-@pytest.fixture
-def up(upstream: AzureStandIn) -> AzureStandIn:
-    upstream.received.clear()
-    upstream.script.clear()
-    upstream.served.clear()
-    upstream.gate_released_in_time = None
-    return upstream
+upstream, gateway, up = standin_fixtures(AzureStandIn, gateway_config, "azure")  # the stand-in's base_url is its endpoint
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +17,17 @@ import pytest
 from PIL import Image
 from standin_recraft import Fault, RecraftStandIn
 
-from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, run_server
+from support import (
+    SIGNING_KEY,
+    Running,
+    data_url,
+    decode_b64,
+    decode_bytes,
+    make_image,
+    make_mask,
+    run_server,
+    standin_fixtures,
+)
 
 KEY = "rc-upstream-secret-0123456789"
 SVG_ROOT = "{http://www.w3.org/2000/svg}svg"
@@ -45,22 +54,7 @@ def gateway_config(base_url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecraftStandIn]:
-    with RecraftStandIn(token=KEY) as standin:
-        yield standin
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: RecraftStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with run_server(gateway_config(upstream.base_url), tmp_path_factory.mktemp("recraft")) as running:
-        yield running
-
-
-@pytest.fixture
-def up(upstream: RecraftStandIn) -> RecraftStandIn:
-    upstream.reset()
-    return upstream
+upstream, gateway, up = standin_fixtures(lambda: RecraftStandIn(token=KEY), gateway_config, "recraft")
 
 
 @pytest.fixture

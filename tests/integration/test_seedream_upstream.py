@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,22 +15,25 @@ import openai
 import pytest
 from standin_seedream import Fault, SeedreamStandIn, ark_error
 
-from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, run_server
+from support import (
+    SIGNING_KEY,
+    Running,
+    data_url,
+    decode_b64,
+    decode_bytes,
+    make_image,
+    make_mask,
+    run_server,
+    standin_fixtures,
+)
 
 KEY = "ark-upstream-secret-0123456789abcdef"
 V40, V45, V50, V30 = "seedream-4-0-250828", "seedream-4-5-251128", "seedream-5-0-260128", "seedream-3-0-t2i-250415"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[SeedreamStandIn]:
-    with SeedreamStandIn(KEY) as standin:
-        yield standin
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: SeedreamStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    ark = {"type": "seedream", "base_url": upstream.base_url, "api_key": KEY, "timeout_seconds": 20}
-    config = {
+def gateway_config(base_url: str) -> dict[str, Any]:
+    ark = {"type": "seedream", "base_url": base_url, "api_key": KEY, "timeout_seconds": 20}
+    return {
         "storage": {"signing_key": SIGNING_KEY},
         "routing": {"max_attempts": 1},
         "providers": {"ark": ark, "marked": {**ark, "watermark": True}, "open": {**ark, "unknown_fields": "forward"}},
@@ -45,14 +47,9 @@ def gateway(upstream: SeedreamStandIn, tmp_path_factory: pytest.TempPathFactory)
             "forwarding": {"rules": V40, "deployments": [{"provider": "open", "model": V40}]},
         },
     }
-    with run_server(config, tmp_path_factory.mktemp("seedream")) as running:
-        yield running
 
 
-@pytest.fixture
-def up(upstream: SeedreamStandIn) -> SeedreamStandIn:
-    upstream.reset()
-    return upstream
+upstream, gateway, up = standin_fixtures(lambda: SeedreamStandIn(KEY), gateway_config, "seedream")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ xAI's errors are mapped, and a request costs the catalog's price."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,21 +14,14 @@ import openai
 import pytest
 from standin_xai import KEY, Fault, XAIStandIn
 
-from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, run_server
+from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, standin_fixtures
 
 INVALID = "Client specified an invalid argument"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[XAIStandIn]:
-    with XAIStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: XAIStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    xai = {"type": "xai", "base_url": upstream.base_url, "api_key": KEY}
-    config: dict[str, Any] = {
+def gateway_config(base_url: str) -> dict[str, Any]:
+    xai = {"type": "xai", "base_url": base_url, "api_key": KEY}
+    return {
         "storage": {"signing_key": SIGNING_KEY},
         "routing": {"max_attempts": 1},
         "providers": {"x": xai, "wrong-key": {**xai, "api_key": "xai-wrong-key-9876543210"}},
@@ -42,14 +34,9 @@ def gateway(upstream: XAIStandIn, tmp_path_factory: pytest.TempPathFactory) -> I
             "badly-keyed": {"rules": "grok-imagine-image", "deployments": [{"provider": "wrong-key"}]},
         },
     }
-    with run_server(config, tmp_path_factory.mktemp("xai")) as running:
-        yield running
 
 
-@pytest.fixture
-def up(upstream: XAIStandIn) -> XAIStandIn:
-    upstream.reset()
-    return upstream
+upstream, gateway, up = standin_fixtures(XAIStandIn, gateway_config, "xai")
 
 
 @pytest.fixture
