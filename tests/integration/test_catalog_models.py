@@ -9,7 +9,6 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import pytest
 import yaml
 from standin_openai import Fault, OpenAIStandIn
 
-from support import SIGNING_KEY, Running, data_url, make_image, run_server, serve_process
+from support import SIGNING_KEY, Running, data_url, make_image, serve_process, standin_fixtures
+from support import admin as admin_api
 
 MASTER = "master-key-for-the-catalog-tests-0001"
 IMAGEGATE = [sys.executable, "-m", "imagegate"]
@@ -83,27 +83,11 @@ def gateway_config(base_url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture(scope="module")
-def gw(upstream: OpenAIStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with run_server(gateway_config(upstream.base_url), tmp_path_factory.mktemp("catalog")) as running:
-        yield running
-
-
-@pytest.fixture
-def up(upstream: OpenAIStandIn) -> OpenAIStandIn:
-    upstream.received.clear()
-    upstream.script.clear()
-    return upstream
+upstream, gw, up = standin_fixtures(OpenAIStandIn, gateway_config, "catalog")
 
 
 def admin(gw: Running, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, gw.base_url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kwargs)
+    return admin_api(gw.base_url, MASTER, method, path, **kwargs)
 
 
 def test_gpt_image_2_costs_what_openai_charges_from_its_usage(gw: Running, up: OpenAIStandIn) -> None:
