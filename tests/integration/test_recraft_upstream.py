@@ -17,17 +17,7 @@ import pytest
 from PIL import Image
 from standin_recraft import Fault, RecraftStandIn
 
-from support import (
-    SIGNING_KEY,
-    Running,
-    data_url,
-    decode_b64,
-    decode_bytes,
-    make_image,
-    make_mask,
-    run_server,
-    standin_fixtures,
-)
+from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, run_server, standin_fixtures
 
 KEY = "rc-upstream-secret-0123456789"
 SVG_ROOT = "{http://www.w3.org/2000/svg}svg"

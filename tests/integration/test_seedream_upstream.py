@@ -15,17 +15,7 @@ import openai
 import pytest
 from standin_seedream import Fault, SeedreamStandIn, ark_error
 
-from support import (
-    SIGNING_KEY,
-    Running,
-    data_url,
-    decode_b64,
-    decode_bytes,
-    make_image,
-    make_mask,
-    run_server,
-    standin_fixtures,
-)
+from support import SIGNING_KEY, Running, data_url, decode_b64, decode_bytes, make_image, make_mask, run_server, standin_fixtures
 
 KEY = "ark-upstream-secret-0123456789abcdef"
 V40, V45, V50, V30 = "seedream-4-0-250828", "seedream-4-5-251128", "seedream-5-0-260128", "seedream-3-0-t2i-250415"
