@@ -17,6 +17,7 @@ import http.server
 import json
 import socket
 import struct
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -66,6 +67,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.connection.close()
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (the gateway abandoning an
+        oversized download, a cancelled attempt) is expected: not a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class StandInServer(Generic[R, F]):
     """Serves ``handler`` on 127.0.0.1 while entered: ``origin`` is
     ``http://127.0.0.1:<port>``, ``base_url`` the origin and ``prefix``.
@@ -76,8 +88,7 @@ class StandInServer(Generic[R, F]):
         self.received: list[R] = []
         self.script: deque[F] = deque()
         self._lock = threading.Lock()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.base_url = f"{self.origin}{prefix}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
