@@ -125,6 +125,7 @@ class Cost:
     output_image_tokens: int | None = None
     output_text_tokens: int | None = None
     input_cached_tokens: int | None = None
+    upstream_cost_nusd: int | None = None  # the upstream's own charge, when it reported one
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +261,18 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input + overhead
 
 
-def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage | None, meta: ImageMeta) -> Cost:
-    """What the completed request costs: from usage when there is one. The
-    reported usage is kept in the Cost whatever the price (none included)."""
+def actual(
+    price: Price | None,
+    request: ImageRequest,
+    images: int,
+    usage: Usage | None,
+    meta: ImageMeta,
+    upstream_cost: int | None = None,
+) -> Cost:
+    """What the completed request costs: what the upstream said it charged
+    (``upstream_cost``, already checked), else from usage when there is one,
+    else from the price. The reported usage is kept in the Cost whatever
+    the price (none included)."""
     quality = meta.quality or request.quality
     size = meta.size or request.size
     tokens = billed(usage) if usage is not None else None
@@ -276,6 +286,8 @@ def actual(price: Price | None, request: ImageRequest, images: int, usage: Usage
             output_text_tokens=tokens.text_out,
             input_cached_tokens=tokens.cached_in,
         )
+    if upstream_cost is not None:
+        return Cost(max(0, upstream_cost), False, upstream_cost_nusd=upstream_cost, **reported)
     if price is None:
         return Cost(0, True, **reported)
     if isinstance(price, PerImage):

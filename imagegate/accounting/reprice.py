@@ -142,7 +142,8 @@ async def reprice(
     batches of :data:`BATCH`, in the caller's transaction."""
     report = Report(written=not dry_run)
     charged = (UsageRecord.status < 400) | (UsageRecord.n > 0)  # a failed stream's delivered images were charged
-    query = select(UsageRecord).where(charged, UsageRecord.created_at >= since)
+    # A row charged what its upstream said it charged is exact already.
+    query = select(UsageRecord).where(charged, UsageRecord.upstream_cost_nusd.is_(None), UsageRecord.created_at >= since)
     if until is not None:
         query = query.where(UsageRecord.created_at < until)
     if model is not None:

@@ -93,6 +93,7 @@ class Outcome:
     meta: ImageMeta = ImageMeta()
     status: int = 200
     error_code: str | None = None
+    upstream_cost_nusd: int | None = None  # what the upstream said it charged (checked): the charge
 
 
 class _Refused(Exception):
@@ -339,7 +340,9 @@ class Accounting:
         request = admission.request
         price = self._price_of(request, admission.deployment)
         delivered = outcome.status < 400 or outcome.images > 0  # a stream may fail after some images
-        cost = actual(price, request, outcome.images, outcome.usage, outcome.meta) if delivered else None
+        cost = None
+        if delivered:
+            cost = actual(price, request, outcome.images, outcome.usage, outcome.meta, outcome.upstream_cost_nusd)
         charged = cost.nusd if cost is not None else 0
         if cost is not None and admission.reservation_id is not None and charged > admission.reserved:
             log.error(
@@ -363,6 +366,7 @@ class Accounting:
             input_text_tokens=cost.input_text_tokens if cost else None,
             input_image_tokens=cost.input_image_tokens if cost else None,
             input_cached_tokens=cost.input_cached_tokens if cost else None,
+            upstream_cost_nusd=cost.upstream_cost_nusd if cost else None,
             output_tokens=cost.output_tokens if cost else None,
             output_image_tokens=cost.output_image_tokens if cost else None,
             output_text_tokens=cost.output_text_tokens if cost else None,

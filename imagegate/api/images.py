@@ -18,9 +18,10 @@ from imagegate.api import openapi
 from imagegate.api.bodies import IMAGE_FIELDS, read_form, read_json_object, require_media_type
 from imagegate.api.deps import CallerDep, ServiceDep, request_id
 from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
-from imagegate.api.render import sse
+from imagegate.api.render import sse, sse_comment
 from imagegate.contract.build import FormBody, RequestBuilder
 from imagegate.contract.requests import Endpoint, ImageRequest
+from imagegate.contract.responses import KeepAlive
 from imagegate.errors import ImagegateError, InvalidRequestError
 from imagegate.gateway.service import ImageService
 
@@ -104,7 +105,7 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
     async def body() -> AsyncIterator[bytes]:
         try:
             async for event in stream.events:
-                yield sse(event.type, event)
+                yield sse_comment(event.status) if isinstance(event, KeepAlive) else sse(event.type, event)
         except ImagegateError as exc:
             yield sse("error", exc.envelope())
         except Exception:  # the response has started: report in-band, log the details

@@ -18,6 +18,12 @@ class JSONBody(Response):
         return orjson.dumps(content)
 
 
+def sse_comment(text: str) -> bytes:
+    """An SSE comment line (``: text``), which clients skip: a keep-alive."""
+    clean = "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+    return b": " + clean.encode() + b"\n\n"
+
+
 def sse(event: str, payload: BaseModel | dict[str, Any]) -> bytes:
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(exclude_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -43,6 +44,15 @@ class ImagesResponse(_Out):
     size: str | None = None
     quality: str | None = None
     usage: ImageUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Not an event: a comment line on the stream (``: STATUS``) while an
+    upstream job runs. SSE clients (the OpenAI SDKs included) skip comments;
+    proxies see bytes flowing and keep the connection."""
+
+    status: str
 
 
 class StreamEvent(_Out):

@@ -112,6 +112,9 @@ class ProviderResult:
     images: list[GeneratedImage]
     usage: Usage | None = None
     meta: ImageMeta = ImageMeta()
+    # What the upstream says it charged for these images (Black Forest Labs'
+    # `cost`), in nano-dollars: when given, it is the charge (checked first).
+    upstream_cost_nusd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +129,17 @@ class CompletedImage:
     image: GeneratedImage
     usage: Usage | None = None
     meta: ImageMeta = ImageMeta()
+    upstream_cost_nusd: int | None = None  # this image's share of what the upstream charged
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A stream item that carries no image: the upstream job is still running
+    (queued, generating). The gateway turns it into a keep-alive, so a
+    stream stays open through proxies while a slow job runs."""
+
+    status: str  # the upstream's own word ("Pending", "IN_QUEUE", "processing")
+
+
+# What a provider's stream yields.
+StreamItem = PartialImage | CompletedImage | Progress

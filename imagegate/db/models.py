@@ -101,6 +101,9 @@ class UsageRecord(Base):
     output_image_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_text_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cost_nusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the upstream said it charged (Black Forest Labs' cost), when it did:
+    # the row's cost is that, and `usage reprice` leaves it alone.
+    upstream_cost_nusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cost_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_ms: Mapped[int] = mapped_column(Integer)
     status: Mapped[int] = mapped_column(Integer)

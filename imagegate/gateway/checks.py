@@ -10,6 +10,9 @@ An upstream is trusted with its images, not with its numbers:
   not add up to more than their totals, and a reported total may not be
   less than input + output. Anything else is a 502
   ``invalid_upstream_response``, and the request is charged nothing.
+* A cost the upstream reports (Black Forest Labs' ``cost``): between 0 and
+  ``MAX_UPSTREAM_COST_NUSD``, else the same 502. With extra images dropped,
+  the cost is scaled to the images kept.
 
 Every provider's results pass here (``ImageService`` calls these right after
 a provider returns, and on each streamed completion).
@@ -29,10 +32,21 @@ log = logging.getLogger("imagegate.gateway")
 # Far above any real request (10 images of the largest size with 16 input
 # images stay under 100k tokens), far below what could overflow a budget.
 MAX_TOKENS = 10_000_000
+# $100 for one request: far above any image model's price, far below what
+# could wreck a budget through a bug or a hostile upstream.
+MAX_UPSTREAM_COST_NUSD = 100 * 10**9
 
 
 def invalid_usage(provider: str, what: str) -> UpstreamError:
     return UpstreamError(f"The upstream '{provider}' reported impossible usage: {what}.", code="invalid_upstream_response")
+
+
+def check_upstream_cost(cost_nusd: int | None, provider: str) -> None:
+    """A 502 for a reported cost that cannot be right (negative, absurd)."""
+    if cost_nusd is not None and not 0 <= cost_nusd <= MAX_UPSTREAM_COST_NUSD:
+        raise UpstreamError(
+            f"The upstream '{provider}' reported an impossible cost: {cost_nusd / 1e9:.6f} USD.", code="invalid_upstream_response"
+        )
 
 
 def check_usage(usage: Usage | None, provider: str) -> None:
@@ -75,12 +89,15 @@ def warn_extra_images(request: ImageRequest, count: int, provider: str) -> None:
 
 
 def checked_result(request: ImageRequest, result: ProviderResult, provider: str) -> ProviderResult:
-    """``result`` with usage checked and no more images than ``request.n``."""
+    """``result`` with usage and cost checked and no more images than ``request.n``."""
     check_usage(result.usage, provider)
-    if len(result.images) <= request.n:
+    check_upstream_cost(result.upstream_cost_nusd, provider)
+    made = len(result.images)
+    if made <= request.n:
         return result
-    warn_extra_images(request, len(result.images), provider)
-    return ProviderResult(result.images[: request.n], _output_share(result.usage, request.n, len(result.images)), result.meta)
+    warn_extra_images(request, made, provider)
+    cost = None if result.upstream_cost_nusd is None else -(-result.upstream_cost_nusd * request.n // made)
+    return ProviderResult(result.images[: request.n], _output_share(result.usage, request.n, made), result.meta, cost)
 
 
 def _output_share(usage: Usage | None, kept: int, made: int) -> Usage | None:

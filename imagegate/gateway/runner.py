@@ -21,19 +21,26 @@ from imagegate.accounting.caller import Caller
 from imagegate.accounting.service import Accounting, Admission, Outcome, outcome_of_error
 from imagegate.config import ModelRouteConfig
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.responses import ImageData, ImagesResponse, StreamEvent
-from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, ImageMeta, PartialImage, ProviderResult
+from imagegate.contract.responses import ImageData, ImagesResponse, KeepAlive, StreamEvent
+from imagegate.contract.results import (
+    CompletedImage,
+    Deployment,
+    GeneratedImage,
+    ImageMeta,
+    PartialImage,
+    Progress,
+    ProviderResult,
+    StreamItem,
+)
 from imagegate.contract.validate import retarget
 from imagegate.errors import ImagegateError, InvalidRequestError
-from imagegate.gateway.checks import check_usage, checked_result, warn_extra_images
+from imagegate.gateway.checks import check_upstream_cost, check_usage, checked_result, warn_extra_images
 from imagegate.gateway.hosted import HostedFiles
 from imagegate.gateway.output import ResizePolicy, Shaped, shape_images
 from imagegate.gateway.rendering import add_usage, images_response, stream_event
 from imagegate.gateway.routes import Route, fallback_chain
 from imagegate.gateway.routing import Leg, Served, execute
 from imagegate.providers.base import Provider
-
-StreamItem = PartialImage | CompletedImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +54,7 @@ class Created:
 class OpenedStream:
     reserved: int  # nano-dollars held for it (the cost is known when it ends)
     served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]]
-    events: AsyncGenerator[StreamEvent, None]
+    events: AsyncGenerator[StreamEvent | KeepAlive, None]
 
 
 class RequestRunner:
@@ -122,7 +129,8 @@ class RequestRunner:
         req, result = served.request, served.value
         admission.serve(req, served.deployment)
         # Shielded: a client hanging up now must not cut the charge of work already done.
-        cost = await asyncio.shield(self.accounting.settle(admission, Outcome(len(shaped), result.usage, result.meta)))
+        outcome = Outcome(len(shaped), result.usage, result.meta, upstream_cost_nusd=result.upstream_cost_nusd)
+        cost = await asyncio.shield(self.accounting.settle(admission, outcome))
         return Created(images_response(req, result, shaped, list(data)), cost, served)
 
     async def open_stream(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> OpenedStream:
@@ -136,6 +144,7 @@ class RequestRunner:
                 head = await anext(events)
                 if isinstance(head, CompletedImage):
                     check_usage(head.usage, deployment.provider)
+                    check_upstream_cost(head.upstream_cost_nusd, deployment.provider)
                 return head, events
             except BaseException:
                 await _aclose(events)
@@ -151,9 +160,10 @@ class RequestRunner:
 
     async def _stream(
         self, served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]], admission: Admission
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[StreamEvent | KeepAlive, None]:
         request, (head, rest) = served.request, served.value
         images, usage, meta, extra = 0, None, ImageMeta(), 0
+        upstream_cost: int | None = None
 
         async def items() -> AsyncIterator[StreamItem]:
             yield head
@@ -163,8 +173,12 @@ class RequestRunner:
         async with served:  # the deployment's slot is held until the stream ends
             try:
                 async for item in items():
+                    if isinstance(item, Progress):
+                        yield KeepAlive(item.status)
+                        continue
                     if isinstance(item, CompletedImage):
                         check_usage(item.usage, served.provider)
+                        check_upstream_cost(item.upstream_cost_nusd, served.provider)
                     if images >= request.n:  # more than asked: neither returned nor charged
                         if isinstance(item, CompletedImage):
                             extra += 1
@@ -176,19 +190,23 @@ class RequestRunner:
                         images += 1
                         usage = add_usage(usage, item.usage)
                         meta = item.meta
+                        if item.upstream_cost_nusd is not None:
+                            upstream_cost = (upstream_cost or 0) + item.upstream_cost_nusd
                         yield stream_event(request, "completed", shaped, meta, item.usage, None)
             except BaseException as exc:
                 # Images already delivered were made (and billed upstream): they are
                 # charged whatever ends the stream after them (an error event, a hang-up).
                 failed = outcome_of_error(exc)
-                ended = replace(failed, images=images, usage=usage, meta=meta) if images else failed
+                ended = failed
+                if images:
+                    ended = replace(failed, images=images, usage=usage, meta=meta, upstream_cost_nusd=upstream_cost)
                 await asyncio.shield(self.accounting.settle(admission, ended))
                 raise
             finally:
                 await _aclose(rest)
         if extra:
             warn_extra_images(request, images + extra, served.provider)
-        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta)))
+        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta, upstream_cost_nusd=upstream_cost)))
 
     async def _shape(self, request: ImageRequest, images: Sequence[GeneratedImage], served: Served[Any]) -> list[Shaped]:
         """Images as the client asked them (format, size), under the model's

@@ -28,7 +28,7 @@ from imagegate.accounting.idempotency import IdempotencyStore, Replay
 from imagegate.accounting.service import Accounting
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.responses import StreamEvent
+from imagegate.contract.responses import KeepAlive, StreamEvent
 from imagegate.contract.validate import ModelDirectory
 from imagegate.errors import InvalidRequestError
 from imagegate.gateway.fetch import ImageFetcher
@@ -75,7 +75,7 @@ class Stream:
 
     reserved: int
     headers: dict[str, str]
-    events: AsyncGenerator[StreamEvent, None]
+    events: AsyncGenerator[StreamEvent | KeepAlive, None]
 
 
 class ImageService:
@@ -169,7 +169,7 @@ class ImageService:
         opened = await self.runner.open_stream(request, base_url, caller, request_id)
         first = await anext(opened.events)
 
-        async def events() -> AsyncGenerator[StreamEvent, None]:
+        async def events() -> AsyncGenerator[StreamEvent | KeepAlive, None]:
             try:
                 yield first
                 async for event in opened.events:

@@ -45,7 +45,7 @@ from pydantic import Field, field_validator, model_validator
 
 from imagegate.contract.catalog import EDITS, GENERATIONS
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, PartialImage
+from imagegate.contract.results import Deployment, StreamItem
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.openai import wire
@@ -159,7 +159,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         data, files = wire.multipart(request, deployment.model)
         return self.build("POST", path, deployment, data=data, files=files, params=params)
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         """The openai dialect's stream; a content-filter error event inside it
         is the same 400 content_policy_violation as an error answer."""
         try:

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, PartialImage, ProviderResult
+from imagegate.contract.results import CompletedImage, Deployment, ProviderResult, StreamItem
 
 
 class ProviderOptions(BaseModel):
@@ -166,11 +166,13 @@ class Provider(ABC):
         handler = {"generations": self.generate, "edits": self.edit, "variations": self.variation}
         return await handler[request.endpoint](request, deployment)
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         result = await self.run(request, deployment)
         last = len(result.images) - 1
         for i, image in enumerate(result.images):
-            yield CompletedImage(image, result.usage if i == last else None, result.meta)
+            yield CompletedImage(
+                image, result.usage if i == last else None, result.meta, result.upstream_cost_nusd if i == last else None
+            )
 
     async def start(self, models: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Work to do when the server starts; ``models`` are the upstream model

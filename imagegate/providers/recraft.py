@@ -51,7 +51,7 @@ import pybase64
 from PIL import Image
 
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult
+from imagegate.contract.results import Deployment, GeneratedImage, ProviderResult, StreamItem
 from imagegate.errors import InvalidRequestError
 from imagegate.imaging.probe import decode, is_svg, sniff_format
 from imagegate.providers.base import Provider
@@ -138,7 +138,7 @@ class RecraftProvider(OpenAIProvider):
     async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
         return await Provider.run(self, request, deployment)
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         """Recraft does not stream: the images, as completions, once made."""
         async for event in Provider.stream(self, request, deployment):
             yield event

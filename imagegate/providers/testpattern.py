@@ -28,12 +28,12 @@ from pydantic import Field, field_validator
 from imagegate.contract.catalog import EDITS, GENERATIONS, parse_size
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import (
-    CompletedImage,
     Deployment,
     GeneratedImage,
     ImageMeta,
     PartialImage,
     ProviderResult,
+    StreamItem,
 )
 from imagegate.imaging.convert import encode
 from imagegate.imaging.probe import decode_input
@@ -240,7 +240,7 @@ class PatternProvider(Provider):
 
     generate = edit = variation = run
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         seed = self._seed(request)
         fmt, compressed = self._format(request)
         for index in range(request.partial_images):

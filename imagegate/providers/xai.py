@@ -51,7 +51,7 @@ import pybase64
 
 from imagegate.contract.catalog import GENERATIONS, ModelSpec, parse_size
 from imagegate.contract.requests import ImageRequest, InputImage
-from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult
+from imagegate.contract.results import Deployment, GeneratedImage, ProviderResult, StreamItem
 from imagegate.errors import ImagegateError, InvalidRequestError
 from imagegate.imaging.probe import sniff_format
 from imagegate.providers.base import Provider
@@ -186,7 +186,7 @@ class XAIProvider(OpenAIProvider):
 
     generate = edit = variation = run
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         """xAI does not stream images: the whole answer, as completions."""
         async for event in Provider.stream(self, request, deployment):
             yield event

@@ -23,7 +23,7 @@ from httpx_sse import EventSource
 
 from imagegate.contract.catalog import GENERATIONS
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult
+from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, PartialImage, ProviderResult, StreamItem
 from imagegate.errors import UpstreamError
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import HostedOptions, HostedProvider, invalid_response
@@ -78,7 +78,7 @@ class OpenAIProvider(HostedProvider):
             raise invalid_response(self.name, "an image has neither b64_json nor an http(s) url")
         return wire.image_from_bytes(self.name, await self.download(url), request, item.get("revised_prompt"))
 
-    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[PartialImage | CompletedImage]:
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         """The upstream's own stream (the gateway calls this only for stream=true)."""
         completed = 0
         async with self.exchange(self._request(request, deployment), deployment) as response:

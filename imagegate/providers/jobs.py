@@ -1,0 +1,305 @@
+"""Submit-poll-fetch upstreams (Black Forest Labs, fal, Replicate): one engine.
+
+Such an upstream takes a job, answers with where to ask about it, and when
+it is done hands out a short-lived result URL. A :class:`JobProvider`
+subclass gives the dialect in four hooks, each one HTTP exchange:
+
+* :meth:`JobProvider.submit` - start one job (an ``exchange(...,
+  starts_work=True)``): its id, where to poll it, where to cancel it, and
+  the cost the upstream states, if it does;
+* :meth:`JobProvider.poll` - one status check: pending (with the
+  upstream's word for it and any hint of when to ask again), ready (the
+  result URLs), or failed (the imagegate error it maps to);
+* :meth:`JobProvider.cancel` - optional: stop a job nobody waits for;
+* :meth:`JobProvider.jobs` - how many jobs a request takes (one per image
+  by default: ``n`` jobs run in parallel).
+
+The engine does the rest, the same for every such upstream:
+
+* **Polling** with backoff: the first check after ``poll_initial_seconds``,
+  then ``poll_multiplier`` times longer up to ``poll_max_seconds``, or when
+  the upstream says (a ``Retry-After``). A poll that fails for a transient
+  reason (a 5xx, a timeout, a broken connection) is tried again, up to
+  ``poll_errors`` in a row.
+* **Where the credential goes.** Poll and cancel URLs come from the upstream
+  (BFL answers with a regional ``polling_url``); the credential is sent only
+  to ``base_url``'s host and the hosts ``poll_hosts`` names. Any other URL
+  is a 502, and nothing is sent to it.
+* **Deadlines.** A job running longer than ``job_timeout_seconds`` (or the
+  deployment's ``timeout_seconds``) is a 504; the router's own deadline
+  cancels sooner.
+* **Cancellation.** When the caller goes away (a client hangs up, a
+  deadline passes), every unfinished job is cancelled upstream where the
+  upstream has a cancel call, shielded and bounded in time.
+* **Results** are downloaded at once, through the gateway's SSRF-checked
+  fetcher and without the credential: the URLs expire (BFL's after 10
+  minutes) and are never handed to the client.
+* **Work that may have started.** Submitting marks the attempt, so a job
+  that may be running is never sent again elsewhere (see
+  ``providers.base.AttemptRecord``).
+* **Partial success.** With several jobs, those that finish are returned
+  (and charged) when others fail; when none does, the first failure is the
+  answer.
+* **Streams.** ``stream=true`` gets a :class:`Progress` item after every
+  round of polls (the gateway turns it into a keep-alive comment, so the
+  stream stays open through proxies) and each image as its job completes.
+  ``run`` consumes the same events: one code path.
+* **Cost.** What the upstream states a job costs (BFL's ``cost`` in
+  credits) adds up to the request's ``upstream_cost_nusd``: the charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from imagegate.contract.requests import ImageRequest
+from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, Progress, ProviderResult, StreamItem
+from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
+from imagegate.imaging.probe import sniff_format
+from imagegate.providers.base import ProviderOptions
+from imagegate.providers.http import HostedOptions, HostedProvider, invalid_response
+
+log = logging.getLogger("imagegate.providers.jobs")
+
+# Statuses of a transient poll failure: the job is still there, ask again.
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class JobOptions(HostedOptions):
+    """The options every submit-poll-fetch provider takes."""
+
+    poll_initial_seconds: float = Field(0.5, gt=0, le=60)
+    poll_max_seconds: float = Field(5.0, gt=0, le=300)
+    poll_multiplier: float = Field(1.5, ge=1, le=10)
+    # A job that runs longer is a 504 (the deployment's timeout_seconds, when set, wins).
+    job_timeout_seconds: float = Field(600.0, gt=0)
+    # Failed polls in a row (5xx, timeouts, broken connections) before the job counts as lost.
+    poll_errors: int = Field(3, ge=1, le=20)
+    # Hosts besides base_url's that poll and cancel URLs may name (shell patterns: "*.bfl.ai").
+    poll_hosts: list[str] = []
+    # How long a cancel call may take when a job is abandoned.
+    cancel_timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
+@dataclass(slots=True)
+class Job:
+    """One upstream job, as its submission answered."""
+
+    id: str
+    poll_url: str
+    cancel_url: str | None = None
+    cost_nusd: int | None = None  # what the upstream states it costs, when it does
+    index: int = 0  # which of the request's jobs
+    data: dict[str, Any] = field(default_factory=dict)  # the dialect's own
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """One status check's answer."""
+
+    state: Literal["pending", "ready", "failed"]
+    status: str = ""  # the upstream's word for it
+    urls: Sequence[str] = ()  # ready: the results to download
+    error: ImagegateError | None = None  # failed: what the client gets
+    retry_after: float | None = None  # the upstream's hint for the next poll
+    cost_nusd: int | None = None  # a cost the upstream states only when done (replaces the submission's)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    index: int
+    images: list[GeneratedImage]
+    cost_nusd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    index: int
+    error: BaseException
+
+
+_Event = Progress | _Done | _Failed
+
+
+class JobProvider(HostedProvider):
+    """A submit-poll-fetch upstream (see the module's doc)."""
+
+    options_model: ClassVar[type[ProviderOptions]] = JobOptions
+    options: JobOptions
+
+    # -- the dialect's hooks -----------------------------------------------------
+
+    async def submit(self, request: ImageRequest, deployment: Deployment, index: int) -> Job:
+        raise NotImplementedError
+
+    async def poll(self, job: Job, deployment: Deployment) -> Poll:
+        raise NotImplementedError
+
+    async def cancel(self, job: Job, deployment: Deployment) -> None:
+        """Stop ``job`` upstream (default: the upstream has no cancel call)."""
+
+    def jobs(self, request: ImageRequest) -> int:
+        """How many jobs ``request`` takes: one per image by default."""
+        return request.n
+
+    # -- the contract ------------------------------------------------------------
+
+    async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
+        images: list[GeneratedImage] = []
+        cost: int | None = None
+        async with contextlib.aclosing(self._events(request, deployment)) as events:
+            async for item in events:
+                if isinstance(item, CompletedImage):
+                    images.append(item.image)
+                    if item.upstream_cost_nusd is not None:
+                        cost = (cost or 0) + item.upstream_cost_nusd
+        return ProviderResult(images, upstream_cost_nusd=cost)
+
+    generate = edit = variation = run
+
+    async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
+        async with contextlib.aclosing(self._events(request, deployment)) as events:
+            async for item in events:
+                yield item
+
+    async def _events(self, request: ImageRequest, deployment: Deployment) -> AsyncGenerator[StreamItem, None]:
+        queue: asyncio.Queue[_Event] = asyncio.Queue()
+        count = self.jobs(request)
+        tasks = [asyncio.create_task(self._job(request, deployment, i, queue)) for i in range(count)]
+        done, failures = 0, list[_Failed]()
+        try:
+            while done + len(failures) < count:
+                event = await queue.get()
+                if isinstance(event, Progress):
+                    yield event
+                elif isinstance(event, _Failed):
+                    failures.append(event)
+                else:
+                    done += 1
+                    last = len(event.images) - 1
+                    for i, image in enumerate(event.images):
+                        yield CompletedImage(image, upstream_cost_nusd=event.cost_nusd if i == last else None)
+            if failures and not done:
+                raise failures[0].error
+            for failure in failures:
+                log.warning("%s: job %d of %d failed (%s); the others are returned", self.name, failure.index + 1, count,
+                            failure.error)  # fmt: skip
+        finally:
+            await _stop(tasks)
+
+    # -- one job -----------------------------------------------------------------
+
+    async def _job(self, request: ImageRequest, deployment: Deployment, index: int, queue: asyncio.Queue[_Event]) -> None:
+        try:
+            job = await self.submit(request, deployment, index)
+        except BaseException as exc:
+            queue.put_nowait(_Failed(index, exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        job.index = index
+        finished = False
+        try:
+            poll = await self._wait(job, deployment, queue)
+            finished = True
+            if poll.state == "failed":
+                queue.put_nowait(_Failed(index, poll.error or UpstreamError(f"The upstream '{self.name}' job failed.")))
+                return
+            images = [await self._fetch(url, request) for url in poll.urls]
+            if not images:
+                raise invalid_response(self.name, "a finished job has no result")
+            cost = poll.cost_nusd if poll.cost_nusd is not None else job.cost_nusd
+            queue.put_nowait(_Done(index, images, cost))
+        except asyncio.CancelledError:
+            if not finished:
+                await asyncio.shield(self._cancel_quietly(job, deployment))
+            raise
+        except Exception as exc:
+            if not finished:
+                await asyncio.shield(self._cancel_quietly(job, deployment))
+            queue.put_nowait(_Failed(index, exc))
+
+    async def _wait(self, job: Job, deployment: Deployment, queue: asyncio.Queue[_Event]) -> Poll:
+        """Poll ``job`` until it is ready or failed, with backoff, within its time."""
+        opts = self.options
+        limit = deployment.timeout or opts.job_timeout_seconds
+        deadline = time.monotonic() + limit
+        delay = opts.poll_initial_seconds
+        errors = 0
+        while True:
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                raise UpstreamTimeoutError(f"The upstream '{self.name}' job did not finish within {limit:g} s.")
+            try:
+                poll = await self.poll(job, deployment)
+                errors = 0
+            except ImagegateError as exc:
+                errors += 1
+                if not _transient(exc) or errors >= opts.poll_errors:
+                    raise
+                log.info("%s: poll of job %s failed (%s); asking again", self.name, job.id, exc.code)
+                delay = min(opts.poll_max_seconds, delay * opts.poll_multiplier)
+                continue
+            if poll.state != "pending":
+                return poll
+            queue.put_nowait(Progress(poll.status or "pending"))
+            hint = poll.retry_after
+            delay = min(opts.poll_max_seconds, hint if hint is not None and hint > 0 else delay * opts.poll_multiplier)
+
+    async def _cancel_quietly(self, job: Job, deployment: Deployment) -> None:
+        try:
+            async with asyncio.timeout(self.options.cancel_timeout_seconds):
+                await self.cancel(job, deployment)
+        except Exception as exc:  # a job we could not cancel runs out upstream; say so
+            log.warning("%s: could not cancel job %s: %s", self.name, job.id, exc)
+
+    async def _fetch(self, url: str, request: ImageRequest) -> GeneratedImage:
+        data = await self.download(url)
+        fmt = sniff_format(data[:64])
+        if fmt is None:
+            raise invalid_response(self.name, "a result is not PNG, JPEG or WebP")
+        return GeneratedImage(data, fmt)
+
+    # -- URLs the upstream hands out ---------------------------------------------
+
+    def checked_url(self, url: object, what: str) -> str:
+        """An upstream-supplied poll or cancel URL the credential may go to:
+        http(s), on ``base_url``'s host or one ``poll_hosts`` names; else a 502."""
+        if not isinstance(url, str):
+            raise invalid_response(self.name, f"its {what} is not a URL")
+        parts = urlsplit(url)
+        base = urlsplit(self.options.base_url)
+        host = (parts.hostname or "").lower()
+        allowed = host == (base.hostname or "").lower() or any(fnmatch.fnmatch(host, p.lower()) for p in self.options.poll_hosts)
+        if parts.scheme not in ("http", "https") or not allowed or (base.scheme == "https" and parts.scheme != "https"):
+            raise invalid_response(self.name, f"its {what} is on a host this gateway does not send the credential to")
+        return url
+
+
+def _transient(exc: ImagegateError) -> bool:
+    return (
+        isinstance(exc, UpstreamTimeoutError)
+        or exc.status in _TRANSIENT_STATUS
+        or exc.code
+        in (
+            "upstream_connection_error",
+            "upstream_unreachable",
+        )
+    )
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel the unfinished jobs' tasks and wait for their cancel calls."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

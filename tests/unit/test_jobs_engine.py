@@ -1,0 +1,141 @@
+"""The submit-poll-fetch engine (providers/jobs.py) with a dialect kept in
+memory: n jobs in parallel, progress, partial success, transient polls,
+deadlines, cancellation of abandoned jobs, and where the credential may go.
+The providers built on it are tested against their stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagegate.contract import catalog
+from imagegate.contract.requests import GenerationFields, ImageRequest
+from imagegate.contract.results import CompletedImage, Deployment, Progress
+from imagegate.errors import InvalidRequestError, UpstreamError, UpstreamTimeoutError
+from imagegate.providers.base import ProviderContext, attempt_record
+from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+class Scripted(JobProvider):
+    """Jobs whose polls follow a script: a list of Poll (or exceptions) per job index."""
+
+    type_name = "scripted"
+
+    def __init__(self, scripts: Mapping[int, list[Any]], **options: Any) -> None:
+        async def fetch(url: str, **_: Any) -> bytes:
+            self.fetched.append(url)
+            return png()
+
+        opts = JobOptions(base_url="https://api.example.com", poll_initial_seconds=0.01, poll_max_seconds=0.02, **options)
+        super().__init__("scripted", opts, ProviderContext(max_image_pixels=10**8, fetch_url=fetch))
+        self.scripts = {i: list(s) for i, s in scripts.items()}
+        self.cancelled: list[str] = []
+        self.fetched: list[str] = []
+
+    async def submit(self, request: ImageRequest, deployment: Deployment, index: int) -> Job:
+        script = self.scripts[index]
+        if script and isinstance(script[0], BaseException) and getattr(script[0], "at_submit", False):
+            raise script.pop(0)
+        return Job(f"job-{index}", f"https://api.example.com/poll/{index}", cost_nusd=40_000_000)
+
+    async def poll(self, job: Job, deployment: Deployment) -> Poll:
+        step = self.scripts[job.index].pop(0) if len(self.scripts[job.index]) > 1 else self.scripts[job.index][0]
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    async def cancel(self, job: Job, deployment: Deployment) -> None:
+        self.cancelled.append(job.id)
+
+
+PENDING = Poll("pending", "Pending")
+READY = Poll("ready", "Ready", urls=["https://cdn.example.com/x.png"])
+DEP = Deployment("scripted", "flux")
+
+
+def request(n: int = 1) -> ImageRequest:
+    spec = catalog.lookup("flux-kontext-pro")
+    assert spec is not None
+    return ImageRequest("generations", "flux-kontext-pro", spec, GenerationFields(prompt="x", n=n))
+
+
+async def test_n_jobs_run_in_parallel_and_their_costs_add_up() -> None:
+    provider = Scripted({i: [PENDING, PENDING, READY] for i in range(3)})
+    result = await provider.run(request(3), DEP)
+    assert len(result.images) == 3 and all(img.format == "png" for img in result.images)
+    assert result.upstream_cost_nusd == 3 * 40_000_000
+    assert len(provider.fetched) == 3 and provider.cancelled == []
+
+
+async def test_a_stream_sees_progress_then_the_images() -> None:
+    provider = Scripted({0: [PENDING, PENDING, READY]})
+    items = [item async for item in provider.stream(request(), DEP)]
+    assert [type(i) for i in items] == [Progress, Progress, CompletedImage]
+    assert items[0].status == "Pending"  # type: ignore[union-attr]
+    assert items[-1].upstream_cost_nusd == 40_000_000  # type: ignore[union-attr]
+
+
+async def test_finished_jobs_are_returned_when_others_fail_and_the_first_failure_when_none_finish() -> None:
+    moderated = InvalidRequestError("moderated", code="content_policy_violation")
+    provider = Scripted({0: [READY], 1: [Poll("failed", "Content Moderated", error=moderated)], 2: [READY]})
+    result = await provider.run(request(3), DEP)
+    assert len(result.images) == 2 and result.upstream_cost_nusd == 2 * 40_000_000
+    provider = Scripted({0: [Poll("failed", error=moderated)], 1: [Poll("failed", error=moderated)]})
+    with pytest.raises(InvalidRequestError) as err:
+        await provider.run(request(2), DEP)
+    assert err.value.code == "content_policy_violation"
+
+
+async def test_transient_poll_failures_are_asked_again_up_to_a_limit() -> None:
+    flaky = UpstreamError("bad gateway", status=502)
+    provider = Scripted({0: [flaky, flaky, READY]})
+    assert len((await provider.run(request(), DEP)).images) == 1
+    provider = Scripted({0: [flaky, flaky, flaky, READY]}, poll_errors=3)
+    with pytest.raises(UpstreamError):
+        await provider.run(request(), DEP)
+    assert provider.cancelled == ["job-0"]  # a job we lost track of is cancelled
+
+
+async def test_a_job_past_its_time_is_a_504_and_cancelled_upstream() -> None:
+    provider = Scripted({0: [PENDING]}, job_timeout_seconds=0.1)
+    with pytest.raises(UpstreamTimeoutError):
+        await provider.run(request(), DEP)
+    assert provider.cancelled == ["job-0"]
+
+
+async def test_an_abandoned_request_cancels_every_unfinished_job_and_marks_the_attempt() -> None:
+    provider = Scripted({0: [PENDING], 1: [PENDING], 2: [READY]})
+    with attempt_record() as record:
+        task = asyncio.create_task(provider.run(request(3), DEP))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sorted(provider.cancelled) == ["job-0", "job-1"]
+    # an abandoned stream (a client that hung up) too
+    provider = Scripted({0: [PENDING]})
+    stream = provider.stream(request(), DEP)
+    assert isinstance(await anext(stream), Progress)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert provider.cancelled == ["job-0"]
+    assert record.maybe_started is False  # Scripted submits without an exchange; real dialects mark it
+
+
+def test_the_credential_goes_only_to_the_api_host_and_the_hosts_named() -> None:
+    provider = Scripted({}, poll_hosts=["*.bfl.ai"])
+    assert provider.checked_url("https://api.example.com/v1/get_result?id=1", "polling_url")
+    assert provider.checked_url("https://api.us1.bfl.ai/v1/get_result?id=1", "polling_url")
+    for bad in ("https://evil.example.net/x", "http://api.example.com/x", "https://bfl.ai.evil.net/x", 42):
+        with pytest.raises(UpstreamError):
+            provider.checked_url(bad, "polling_url")
