@@ -39,6 +39,10 @@ _TYPES: dict[str, str | type[Provider]] = {
     "xai": "imagegate.providers.xai:XAIProvider",
     "seedream": "imagegate.providers.seedream:SeedreamProvider",
     "recraft": "imagegate.providers.recraft:RecraftProvider",
+    # Submit-poll-fetch upstreams on the job engine (providers/jobs.py).
+    "bfl": "imagegate.providers.bfl:BFLProvider",
+    "fal": "imagegate.providers.fal:FalProvider",
+    "replicate": "imagegate.providers.replicate:ReplicateProvider",
 }
 
 
