@@ -54,6 +54,7 @@ from standin_http import Handler, StandInServer
 
 KEY = "xai-standin-key-0123456789"
 TICKS_PER_IMAGE = 200_000_000  # $0.02 in xAI's 1e-10 USD ticks
+GROK_2_TICKS_PER_IMAGE = 700_000_000  # $0.07
 RATIOS = {
     "1:1": 1.0, "3:4": 3 / 4, "4:3": 4 / 3, "9:16": 9 / 16, "16:9": 16 / 9, "2:3": 2 / 3, "3:2": 3 / 2,
     "9:19.5": 9 / 19.5, "19.5:9": 19.5 / 9, "9:20": 9 / 20, "20:9": 20 / 9, "1:2": 1 / 2, "2:1": 2.0,
@@ -102,6 +103,9 @@ def _error(message: str, status: int = 400) -> Fault:
 class XAIStandIn(StandInServer[Received, Fault]):
     def __init__(self) -> None:
         self.served: list[bytes] = []  # the image of each success answer
+        # xAI bills an edit's input images too, at a price it does not publish;
+        # a test sets one to see that the gateway charges what xAI states.
+        self.ticks_per_input_image = 0
         self._files: dict[str, bytes] = {}
         standin = self
 
@@ -214,4 +218,7 @@ class XAIStandIn(StandInServer[Received, Fault]):
             else:
                 item["b64_json"] = b64
             items.append(item)
-        return {"created": int(time.time()), "data": items, "usage": {"cost_in_usd_ticks": TICKS_PER_IMAGE * n}}
+        refs = len(body.get("images") or ([body["image"]] if body.get("image") else []))
+        per_image = GROK_2_TICKS_PER_IMAGE if body.get("model") == "grok-2-image-1212" else TICKS_PER_IMAGE
+        ticks = per_image * n + self.ticks_per_input_image * refs
+        return {"created": int(time.time()), "data": items, "usage": {"cost_in_usd_ticks": ticks}}

@@ -25,8 +25,9 @@ the xai-sdk's ``src/xai_sdk/sync/image.py``; the stand-in,
   rules a config names).
 * **Answers** carry ``data[].b64_json`` or ``url`` plus ``mime_type``, a
   ``block_reason`` when input moderation refused the prompt (a 400
-  ``moderation_blocked`` here) and ``usage.cost_in_usd_ticks`` (not token
-  usage: no ``Usage`` is reported; the catalog's per-image price is charged).
+  ``moderation_blocked`` here) and ``usage.cost_in_usd_ticks``: xAI's exact
+  charge (10^10 ticks to the dollar, input images of an edit included), which
+  is what the request is charged (``upstream_cost_nusd``); no token ``Usage``.
   Errors are ``{"code": <status text>, "error": <message>}``; a 400 saying the
   API key is wrong is this gateway's credential, not the client's request:
   a 502 ``upstream_auth_error`` like a 401.
@@ -71,6 +72,8 @@ _WIDEST = max(r for _, r in ASPECT_RATIOS)
 _SLACK = 1e-3  # the catalog's max_aspect rounds 20:9 up to 2.2223
 _SHAPE_FIELDS = ("aspect_ratio", "resolution")
 _KEY_ERROR = re.compile(r"\bapi[ _-]?key\b", re.IGNORECASE)
+# xAI states its charge in ticks: 10^10 to the dollar, so ten to the nano-dollar.
+TICKS_PER_NANO_USD = 10
 
 
 def shape_for(width: int, height: int) -> tuple[str, str] | None:
@@ -181,8 +184,18 @@ class XAIProvider(OpenAIProvider):
                 code="moderation_blocked",
             )
         images = [await self._image(request, item) for item in wire.result_items(self.name, payload)]
-        # usage.cost_in_usd_ticks is a price, not token usage: no Usage.
-        return ProviderResult(images, usage=None, meta=wire.parse_meta(payload))
+        return ProviderResult(images, usage=None, meta=wire.parse_meta(payload), upstream_cost_nusd=self._cost(payload))
+
+    def _cost(self, payload: dict[str, Any]) -> int | None:
+        """``usage.cost_in_usd_ticks`` in nano-dollars (a tick is a tenth of
+        one, rounded up); None when absent. Not a whole number: a 502."""
+        usage = payload.get("usage")
+        ticks = usage.get("cost_in_usd_ticks") if isinstance(usage, dict) else None
+        if ticks is None:
+            return None
+        if isinstance(ticks, bool) or not isinstance(ticks, int):
+            raise invalid_response(self.name, f"usage.cost_in_usd_ticks is not a whole number: {str(ticks)[:40]!r}")
+        return -(-ticks // TICKS_PER_NANO_USD)
 
     generate = edit = variation = run
 

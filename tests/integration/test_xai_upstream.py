@@ -259,10 +259,15 @@ def test_a_data_uri_in_b64_json_is_read(up: XAIStandIn, sdk: openai.OpenAI) -> N
     assert base64.b64decode(result.data[0].b64_json) == up.served[0]
 
 
-def test_cost_is_the_catalog_price_per_image(up: XAIStandIn, sdk: openai.OpenAI) -> None:
+def test_cost_is_what_xai_states_it_charged(up: XAIStandIn, sdk: openai.OpenAI) -> None:
     raw = sdk.images.with_raw_response.generate(model="grok-imagine-image", prompt="x", n=3, response_format="b64_json")
     assert len(raw.parse().data) == 3
-    assert raw.headers["x-imagegate-cost-usd"] == "0.060000"  # 3 x $0.02 (the upstream billed 3 x 2e8 ticks)
+    assert raw.headers["x-imagegate-cost-usd"] == "0.060000"  # 3 x 2e8 ticks
+    # an edit's input images are billed too (xAI publishes no price: the stand-in's is made up)
+    up.ticks_per_input_image = 12_345_671  # $0.0012345671 each, rounded up to the nano-dollar
+    images = [("a.png", make_image(64, 64), "image/png"), ("b.png", make_image(64, 64), "image/png")]
+    raw = sdk.images.with_raw_response.edit(model="grok-imagine-image", prompt="x", image=images, response_format="b64_json")
+    assert raw.headers["x-imagegate-cost-usd"] == "0.022469"  # 2e8 + 2 x 12_345_671 ticks = $0.0224691342
 
 
 def test_input_moderation_block_is_a_400(up: XAIStandIn, sdk: openai.OpenAI) -> None:
