@@ -66,7 +66,7 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, Progress, ProviderResult, StreamItem
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
 from imagegate.imaging.probe import sniff_format
-from imagegate.providers.base import ProviderOptions
+from imagegate.providers.base import ProviderOptions, work_may_have_started
 from imagegate.providers.http import HostedOptions, HostedProvider, invalid_response
 
 log = logging.getLogger("imagegate.providers.jobs")
@@ -208,6 +208,9 @@ class JobProvider(HostedProvider):
                 raise
             return
         job.index = index
+        # An accepted job is running: mark it here too, since a sibling job
+        # refused at the same moment would clear its own exchange's mark.
+        work_may_have_started()
         finished = False
         try:
             poll = await self._wait(job, deployment, queue)
