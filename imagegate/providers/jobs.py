@@ -6,7 +6,9 @@ subclass gives the dialect in four hooks, each one HTTP exchange:
 
 * :meth:`JobProvider.submit` - start one job (an ``exchange(...,
   starts_work=True)``): its id, where to poll it, where to cancel it, and
-  the cost the upstream states, if it does;
+  the cost the upstream states, if it does; when the submission's answer
+  is already final (Replicate's ``Prefer: wait``), ``Job.result`` carries it
+  and no poll is made;
 * :meth:`JobProvider.poll` - one status check: pending (with the
   upstream's word for it and any hint of when to ask again), ready (the
   result URLs), or failed (the imagegate error it maps to);
@@ -101,6 +103,7 @@ class Job:
     cost_nusd: int | None = None  # what the upstream states it costs, when it does
     index: int = 0  # which of the request's jobs
     data: dict[str, Any] = field(default_factory=dict)  # the dialect's own
+    result: Poll | None = None  # the submission already answered ready or failed: no poll is made
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,8 @@ class JobProvider(HostedProvider):
         work_may_have_started()
         finished = False
         try:
-            poll = await self._wait(job, deployment, queue)
+            result = job.result
+            poll = result if result is not None and result.state != "pending" else await self._wait(job, deployment, queue)
             finished = True
             if poll.state == "failed":
                 queue.put_nowait(_Failed(index, poll.error or UpstreamError(f"The upstream '{self.name}' job failed.")))

@@ -97,6 +97,34 @@ async def test_finished_jobs_are_returned_when_others_fail_and_the_first_failure
     assert err.value.code == "content_policy_violation"
 
 
+class Answered(Scripted):
+    """Submissions whose answer may already be final (Replicate's Prefer: wait)."""
+
+    def __init__(self, results: Mapping[int, Poll], scripts: Mapping[int, list[Any]] | None = None) -> None:
+        super().__init__(scripts or {})
+        self.results = results
+        self.polls = 0
+
+    async def submit(self, request: ImageRequest, deployment: Deployment, index: int) -> Job:
+        return Job(f"job-{index}", f"https://api.example.com/poll/{index}", result=self.results[index])
+
+    async def poll(self, job: Job, deployment: Deployment) -> Poll:
+        self.polls += 1
+        return await super().poll(job, deployment)
+
+
+async def test_a_submission_that_answered_finished_is_not_polled() -> None:
+    moderated = InvalidRequestError("moderated", code="content_policy_violation")
+    provider = Answered({0: READY, 1: Poll("failed", "failed", error=moderated)})
+    items = [item async for item in provider.stream(request(2), DEP)]
+    assert [type(i) for i in items] == [CompletedImage]  # no Progress: nothing was polled
+    assert provider.polls == 0 and provider.fetched == ["https://cdn.example.com/x.png"] and provider.cancelled == []
+    # a submission still pending is polled as usual
+    provider = Answered({0: PENDING}, {0: [PENDING, READY]})
+    assert len((await provider.run(request(), DEP)).images) == 1
+    assert provider.polls == 2
+
+
 async def test_transient_poll_failures_are_asked_again_up_to_a_limit() -> None:
     flaky = UpstreamError("bad gateway", status=502)
     provider = Scripted({0: [flaky, flaky, READY]})
