@@ -14,7 +14,8 @@ subclass gives the dialect in four hooks, each one HTTP exchange:
   result URLs), or failed (the imagegate error it maps to);
 * :meth:`JobProvider.cancel` - optional: stop a job nobody waits for;
 * :meth:`JobProvider.jobs` - how many jobs a request takes (one per image
-  by default: ``n`` jobs run in parallel).
+  by default: ``n`` jobs run in parallel); :meth:`JobProvider.jobs_for`
+  when that depends on the deployment's upstream model.
 
 The engine does the rest, the same for every such upstream:
 
@@ -155,6 +156,12 @@ class JobProvider(HostedProvider):
         """How many jobs ``request`` takes: one per image by default."""
         return request.n
 
+    def jobs_for(self, request: ImageRequest, deployment: Deployment) -> int:
+        """How many jobs ``request`` takes on ``deployment`` (default: :meth:`jobs`),
+        for a dialect where it depends on the upstream model (a Replicate model
+        that takes ``num_outputs`` makes ``n`` images in one job, another one each)."""
+        return self.jobs(request)
+
     # -- the contract ------------------------------------------------------------
 
     async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
@@ -177,7 +184,7 @@ class JobProvider(HostedProvider):
 
     async def _events(self, request: ImageRequest, deployment: Deployment) -> AsyncGenerator[StreamItem, None]:
         queue: asyncio.Queue[_Event] = asyncio.Queue()
-        count = self.jobs(request)
+        count = self.jobs_for(request, deployment)
         tasks = [asyncio.create_task(self._job(request, deployment, i, queue)) for i in range(count)]
         done, failures = 0, list[_Failed]()
         try:

@@ -125,6 +125,17 @@ async def test_a_submission_that_answered_finished_is_not_polled() -> None:
     assert provider.polls == 2
 
 
+async def test_how_many_jobs_may_depend_on_the_deployment() -> None:
+    class PerModel(Scripted):
+        def jobs_for(self, request: ImageRequest, deployment: Deployment) -> int:
+            return 1 if deployment.model == "makes-n" else request.n
+
+    provider = PerModel({i: [READY] for i in range(3)})
+    assert len((await provider.run(request(3), Deployment("scripted", "makes-n"))).images) == 1
+    assert len((await provider.run(request(3), DEP)).images) == 3
+    assert Scripted({}).jobs_for(request(3), DEP) == 3  # the default: jobs(request)
+
+
 async def test_transient_poll_failures_are_asked_again_up_to_a_limit() -> None:
     flaky = UpstreamError("bad gateway", status=502)
     provider = Scripted({0: [flaky, flaky, READY]})
