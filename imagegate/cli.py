@@ -131,6 +131,8 @@ def _price_line(price: dict[str, object] | None) -> str:
     if price["kind"] == "tokens":
         rates = {k.removesuffix("_per_1m"): v for k, v in price.items() if k.endswith("_per_1m")}
         return "USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items())
+    if price["kind"] == "per_megapixel":
+        return f"USD per megapixel: first {price['first']}, each further {price['additional']}, input {price['input']}"
     table = price.get("prices") or {}
     assert isinstance(table, dict)
     parts = [f"{k} {v}" for k, v in table.items()] + ([f"default {price['default']}"] if price.get("default") else [])

@@ -2,10 +2,14 @@
 
 Prices are data: each catalog entry's ``price:`` (``imagegate/catalog/*.yaml``,
 the config's ``catalog:``), and the config's ``pricing:`` shortcut (USD).
-Two kinds:
+Three kinds:
 
 * **per image** (dall-e-2, dall-e-3, most other providers, local models):
   a price by quality and size, or one flat price;
+* **per megapixel** (Black Forest Labs' FLUX.2): a price for each output
+  image's first megapixel, one for each further megapixel, and one for each
+  megapixel of an input image (a megapixel is 1024x1024 pixels; each one
+  begun counts whole);
 * **tokens** (GPT image models): text input, image input and image output
   (and text output) per million tokens. The ``usage`` the provider returns
   is billed exactly (cached input at the cached rates); when it returns
@@ -34,7 +38,7 @@ from imagegate.accounting.money import NANO, to_nano
 from imagegate.contract import catalog
 from imagegate.contract.catalog import CatalogEntry, ModelSpec, parse_size
 from imagegate.contract.catalog_data import PriceConfig
-from imagegate.contract.requests import ImageRequest
+from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.contract.results import ImageMeta, Usage
 
 # Output image tokens per image, by quality and size, for a token price that
@@ -54,6 +58,9 @@ INPUT_IMAGE_TOKENS_BOUND = 10_000
 INPUT_OVERHEAD_TOKENS = 512
 # Without usage, input text is estimated at 4 characters per token.
 CHARS_PER_TOKEN = 4
+# A megapixel, as a per-megapixel price counts it: a 1024x1024 image is one
+# (a FLUX.2 [max] 1024x1024 image costs BFL's first-megapixel price alone).
+MEGAPIXEL = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,31 @@ class PerToken:
         return list(self.formula.quality_factors) if self.formula else list(self.output_tokens)
 
 
-Price = PerImage | PerToken
+@dataclass(frozen=True, slots=True)
+class PerMegapixel:
+    """Nano-dollars by megapixel (:data:`MEGAPIXEL` pixels, each one begun
+    counted whole): ``first`` for an output image's first, ``additional``
+    for each further one, ``input`` for each of an input image's."""
+
+    first: int
+    additional: int
+    input: int = 0
+
+    def output(self, width: int, height: int) -> int:
+        """One output image of ``width`` x ``height``."""
+        return self.first + max(0, megapixels(width, height) - 1) * self.additional
+
+    def inputs(self, images: Sequence[InputImage]) -> int:
+        """The input images of one job (each image's megapixels rounded up)."""
+        return self.input * sum(megapixels(i.info.width, i.info.height) for i in images)
+
+
+def megapixels(width: int, height: int) -> int:
+    """Megapixels begun: at least one."""
+    return max(1, -(-(width * height) // MEGAPIXEL))
+
+
+Price = PerImage | PerToken | PerMegapixel
 
 
 def _per_1m(usd: float) -> int:
@@ -198,7 +229,7 @@ def _per_image_most(price: PerImage, quality: str, size: str) -> int:
     return max(known) if known else price.most()
 
 
-def _resolve_quality(price: Price, asked: str) -> list[str]:
+def _resolve_quality(price: PerImage | PerToken, asked: str) -> list[str]:
     if isinstance(price, PerToken):
         return [asked] if asked in price.qualities else price.qualities
     qualities = {q for q, _ in price.table}
@@ -253,12 +284,22 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     n = request.n
     if isinstance(price, PerImage):
         return n * _per_image_most(price, request.quality, request.size)
+    if isinstance(price, PerMegapixel):  # each image (each upstream job) pays for its inputs too
+        return n * (_megapixel_output_most(price, request.size, bound_sizes(request.spec)) + price.inputs(request.images))
     out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
     out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
     overhead = INPUT_OVERHEAD_TOKENS * max(price.text_input, price.image_input)
     return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input + overhead
+
+
+def _megapixel_output_most(price: PerMegapixel, size: str, listed: Sequence[str]) -> int:
+    """One output image at ``size``; a size that is not WIDTHxHEIGHT
+    ("auto") costs as the largest of ``listed`` (1024x1024 without any)."""
+    dims = parse_size(size)
+    candidates = [dims] if dims else [d for d in map(parse_size, listed) if d] or [(1024, 1024)]
+    return max(price.output(w, h) for w, h in candidates)
 
 
 def actual(
@@ -292,6 +333,9 @@ def actual(
         return Cost(0, True, **reported)
     if isinstance(price, PerImage):
         return Cost(per_image_cost(price, quality, size, images), False, **reported)
+    if isinstance(price, PerMegapixel):
+        one = _megapixel_output_most(price, size, bound_sizes(request.spec)) + price.inputs(request.images)
+        return Cost(images * one, parse_size(size) is None, **reported)
     if tokens is not None:
         return Cost(token_cost(price, tokens), False, **reported)
     out = images * (_output_tokens(price, quality, size, request.spec.sizes) + PARTIAL_IMAGE_TOKENS * request.partial_images)
@@ -324,6 +368,8 @@ def recompute(price: Price, row: Recorded) -> tuple[int, bool]:
     token counts (its prompt is not kept: no text tokens)."""
     if isinstance(price, PerImage):
         return per_image_cost(price, row.quality, row.size, row.images), False
+    if isinstance(price, PerMegapixel):  # the row keeps no input images: outputs only, estimated
+        return row.images * _megapixel_output_most(price, row.size or "auto", ()), True
     text_in, image_in = row.input_text_tokens or 0, row.input_image_tokens or 0
     if row.output_image_tokens is not None or row.output_text_tokens is not None:  # reported usage
         cached = row.input_cached_tokens or 0
@@ -398,6 +444,9 @@ def price_from_config(cfg: PriceConfig | Mapping[str, Any]) -> Price:
     """A price entry (a catalog entry's ``price:`` or a ``pricing:`` entry) -> Price."""
     if isinstance(cfg, Mapping):
         cfg = PriceConfig.model_validate(cfg)
+    if cfg.per_megapixel is not None:
+        mp = cfg.per_megapixel
+        return PerMegapixel(to_nano(mp.first), to_nano(mp.additional), to_nano(mp.input))
     if cfg.image_output_per_1m is not None:
         formula = cfg.output_tokens_formula
         return PerToken(
@@ -432,6 +481,7 @@ __all__ = [
     "Cost",
     "Price",
     "PerImage",
+    "PerMegapixel",
     "PerToken",
     "Recorded",
     "Tokens",

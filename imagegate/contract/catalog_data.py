@@ -51,14 +51,26 @@ class OutputTokensFormula(_Strict):
     area_divisor: int = Field(gt=0)
 
 
+class PerMegapixelConfig(_Strict):
+    """A price by the megapixels (1024x1024 pixels each, every one begun
+    counted whole) of each image: ``first`` for an output image's first
+    megapixel, ``additional`` for each further one, ``input`` for each of
+    an input image's (Black Forest Labs' FLUX.2)."""
+
+    first: float = Field(ge=0)
+    additional: float = Field(ge=0)
+    input: float = Field(0, ge=0)
+
+
 class PriceConfig(_Strict):
     """USD. Either ``per_image`` (one price, or ``{"QUALITY SIZE": price,
-    default: price}``) or token rates per million tokens
-    (``image_output_per_1m`` required), with an optional estimate of the
-    output tokens for answers without usage (a published table by quality
-    and size, or a formula of the pixel count)."""
+    default: price}``), ``per_megapixel`` (:class:`PerMegapixelConfig`) or
+    token rates per million tokens (``image_output_per_1m`` required), with
+    an optional estimate of the output tokens for answers without usage (a
+    published table by quality and size, or a formula of the pixel count)."""
 
     per_image: float | dict[str, float] | None = None
+    per_megapixel: PerMegapixelConfig | None = None
     text_input_per_1m: float | None = Field(None, ge=0)
     text_input_cached_per_1m: float | None = Field(None, ge=0)
     image_input_per_1m: float | None = Field(None, ge=0)
@@ -71,8 +83,8 @@ class PriceConfig(_Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> PriceConfig:
         tokens = self.image_output_per_1m is not None
-        if tokens == (self.per_image is not None):
-            raise ValueError("give either per_image or image_output_per_1m (with the other token rates)")
+        if tokens + (self.per_image is not None) + (self.per_megapixel is not None) != 1:
+            raise ValueError("give either per_image, per_megapixel or image_output_per_1m (with the other token rates)")
         prices = self.per_image.values() if isinstance(self.per_image, dict) else [self.per_image or 0]
         if any(p < 0 for p in prices):
             raise ValueError("prices cannot be negative")

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from imagegate.accounting.money import usd_str
-from imagegate.accounting.prices import PerToken, Price, PriceBook, price_names
+from imagegate.accounting.prices import PerMegapixel, PerToken, Price, PriceBook, price_names
 from imagegate.config import Settings
 from imagegate.contract.catalog import Catalog, ModelSpec
 from imagegate.gateway.routes import Route
@@ -40,6 +40,13 @@ def price_view(price: Price | None) -> dict[str, Any] | None:
                 view[key] = usd_str(rate * 1_000_000)
         view["estimate"] = "formula of the pixel count" if price.formula else "published token table"
         return view
+    if isinstance(price, PerMegapixel):
+        return {
+            "kind": "per_megapixel",
+            "first": usd_str(price.first),
+            "additional": usd_str(price.additional),
+            "input": usd_str(price.input),
+        }
     table = {f"{q} {s}": usd_str(p) for (q, s), p in price.table.items()}
     return {"kind": "per_image", "prices": table, "default": usd_str(price.default) if price.default is not None else None}
 
