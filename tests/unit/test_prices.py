@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from imagegate.accounting.money import to_nano, usd_str
-from imagegate.accounting.prices import PerToken, actual, price_from_config, shipped_prices, worst_case
+from imagegate.accounting.prices import PerMegapixel, PerToken, actual, price_from_config, shipped_prices, worst_case
 from imagegate.contract import catalog
 from imagegate.contract.requests import EditFields, GenerationFields, ImageRequest, InputImage
 from imagegate.contract.results import ImageMeta, Usage
@@ -237,3 +237,65 @@ def test_output_beyond_its_details_is_billed_at_the_dearer_output_rate() -> None
     partly = Usage(input_tokens=0, output_tokens=100, total_tokens=100, output_image_tokens=60, output_text_tokens=10)
     cost = actual(BUILTIN["gpt-image-1.5"], gen("gpt-image-1.5"), 1, partly, ImageMeta())
     assert cost.nusd == 60 * 32_000 + 10 * 10_000 + 30 * 32_000
+
+
+# -- per megapixel (Black Forest Labs' FLUX.2) ------------------------------------------
+
+
+def flux2_edit(model: str, sizes: list[tuple[int, int]], **fields) -> ImageRequest:
+    spec = catalog.lookup(model)
+    assert spec is not None
+    images = tuple(InputImage(b"", ImageInfo("png", w, h, "RGB", False, 0), f"image[{i}]") for i, (w, h) in enumerate(sizes))
+    return ImageRequest("edits", model, spec, EditFields(prompt="x", **fields), images=images)
+
+
+@pytest.mark.parametrize(
+    "model,size,price",
+    [("flux-2-pro", "1024x1024", "0.03"),  # exactly one megapixel (1024x1024 pixels)
+     ("flux-2-pro", "1920x1088", "0.045"),  # 1.99 MP: one further megapixel begun
+     ("flux-2-pro", "2048x2048", "0.075"),  # 4 MP: three further
+     ("flux-2-max", "1024x1024", "0.07"),  # BFL answered cost 7 for a 1024x1024 [max] image
+     ("flux-2-klein-4b", "1024x1536", "0.015"),
+     ("flux-2-klein-9b", "2048x2048", "0.021"),
+     ("flux-2-flex", "1024x1024", "0.06")],
+)  # fmt: skip
+def test_flux2_per_megapixel_output(model: str, size: str, price: str) -> None:
+    req = gen(model, size=size, n=2)
+    assert worst_case(BUILTIN[model], req) == 2 * usd(price)
+    assert actual(BUILTIN[model], req, 2, None, ImageMeta()).nusd == 2 * usd(price)
+
+
+def test_flux2_input_images_are_billed_per_megapixel_begun_for_every_job() -> None:
+    # 1024x1024 out (3c) + inputs of 1 MP and 1.07 MP (1 + 2 megapixels begun, 1.5c each), twice (n=2: two jobs)
+    req = flux2_edit("flux-2-pro", [(1024, 1024), (1000, 1100)], size="1024x1024", n=2)
+    assert worst_case(BUILTIN["flux-2-pro"], req) == 2 * usd("0.075")
+    assert actual(BUILTIN["flux-2-pro"], req, 2, None, ImageMeta()).nusd == 2 * usd("0.075")
+    # BFL's documented "1 MP image editing" price: $0.045 for [pro], $0.10 for [max]
+    assert worst_case(BUILTIN["flux-2-pro"], flux2_edit("flux-2-pro", [(1024, 1024)], size="1024x1024")) == usd("0.045")
+    assert worst_case(BUILTIN["flux-2-max"], flux2_edit("flux-2-max", [(1024, 1024)], size="1024x1024")) == usd("0.10")
+
+
+def test_flux2_without_a_size_is_reserved_at_the_largest_output_and_a_stated_cost_is_the_charge() -> None:
+    price = BUILTIN["flux-2-pro"]
+    auto = worst_case(price, gen("flux-2-pro"))
+    assert auto == usd("0.075")  # 4 MP, the most FLUX.2 makes
+    assert auto >= max(worst_case(price, gen("flux-2-pro", size=s)) for s in ("4096x1024", "1024x4096", "2048x2048"))
+    cost = actual(price, gen("flux-2-pro"), 1, None, ImageMeta(), upstream_cost=45_000_000)
+    assert (cost.nusd, cost.estimated, cost.upstream_cost_nusd) == (45_000_000, False, 45_000_000)
+    estimate = actual(price, gen("flux-2-pro"), 1, None, ImageMeta())  # no size known: the largest, estimated
+    assert (estimate.nusd, estimate.estimated) == (usd("0.075"), True)
+    sized = actual(price, gen("flux-2-pro"), 1, None, ImageMeta(size="1536x1024"))  # the size the answer reports
+    assert (sized.nusd, sized.estimated) == (usd("0.045"), False)
+
+
+def test_a_per_megapixel_price_is_one_kind_only() -> None:
+    price = price_from_config({"per_megapixel": {"first": 0.03, "additional": 0.015}})
+    assert isinstance(price, PerMegapixel) and price.input == 0  # inputs free unless the price says
+    for bad in (
+        {"per_megapixel": {"first": 0.03, "additional": 0.015}, "per_image": 0.04},
+        {"per_megapixel": {"first": 0.03, "additional": 0.015}, "image_output_per_1m": 30},
+        {"per_megapixel": {"first": -1, "additional": 0.015}},
+        {"per_megapixel": {"first": 0.03}},
+    ):
+        with pytest.raises(ValueError):
+            price_from_config(bad)
