@@ -70,8 +70,6 @@ class BFLOptions(JobOptions):
     region: Literal["global", "eu", "us"] | None = None
     # polling_url names the cluster that took the job (api.eu2.bfl.ai, api.us1.bfl.ai).
     poll_hosts: list[str] = ["api.bfl.ai", "api.*.bfl.ai"]
-    # BFL's own advice: poll about twice a second.
-    poll_initial_seconds: float = 0.5
 
     @model_validator(mode="before")
     @classmethod
