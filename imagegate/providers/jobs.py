@@ -61,7 +61,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field
 
@@ -288,16 +288,30 @@ class JobProvider(HostedProvider):
 
     def checked_url(self, url: object, what: str) -> str:
         """An upstream-supplied poll or cancel URL the credential may go to:
-        http(s), on ``base_url``'s host or one ``poll_hosts`` names; else a 502."""
+        http(s), on ``base_url``'s origin (host and port) or on a host one of
+        ``poll_hosts`` names (with https, on its default port); else a 502."""
         if not isinstance(url, str):
             raise invalid_response(self.name, f"its {what} is not a URL")
-        parts = urlsplit(url)
-        base = urlsplit(self.options.base_url)
+        try:
+            parts = urlsplit(url)
+            base = urlsplit(self.options.base_url)
+            port, base_port = _port(parts), _port(base)
+        except ValueError:
+            raise invalid_response(self.name, f"its {what} is not a URL") from None
         host = (parts.hostname or "").lower()
-        allowed = host == (base.hostname or "").lower() or any(fnmatch.fnmatch(host, p.lower()) for p in self.options.poll_hosts)
-        if parts.scheme not in ("http", "https") or not allowed or (base.scheme == "https" and parts.scheme != "https"):
+        same_origin = host == (base.hostname or "").lower() and port == base_port and parts.scheme == base.scheme
+        named = (
+            parts.scheme == "https"
+            and parts.port in (None, 443)
+            and any(fnmatch.fnmatch(host, p.lower()) for p in self.options.poll_hosts)
+        )
+        if parts.scheme not in ("http", "https") or not (same_origin or named):
             raise invalid_response(self.name, f"its {what} is on a host this gateway does not send the credential to")
         return url
+
+
+def _port(parts: SplitResult) -> int | None:
+    return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def _transient(exc: ImagegateError) -> bool:

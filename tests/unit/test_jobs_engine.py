@@ -175,6 +175,15 @@ def test_the_credential_goes_only_to_the_api_host_and_the_hosts_named() -> None:
     provider = Scripted({}, poll_hosts=["*.bfl.ai"])
     assert provider.checked_url("https://api.example.com/v1/get_result?id=1", "polling_url")
     assert provider.checked_url("https://api.us1.bfl.ai/v1/get_result?id=1", "polling_url")
-    for bad in ("https://evil.example.net/x", "http://api.example.com/x", "https://bfl.ai.evil.net/x", 42):
+    bad_urls = (
+        "https://evil.example.net/x",
+        "http://api.example.com/x",  # not base_url's scheme
+        "https://api.example.com:8443/x",  # not its port
+        "https://api.us1.bfl.ai:8443/x",  # a named host on another port
+        "https://bfl.ai.evil.net/x",
+        "https://api.example.com:99999/x",
+        42,
+    )
+    for bad in bad_urls:
         with pytest.raises(UpstreamError):
             provider.checked_url(bad, "polling_url")
