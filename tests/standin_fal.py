@@ -45,7 +45,10 @@ Protocol, as fal documents it:
   required, ``aspect_ratio`` 21:9 ... 9:21),
   https://fal.ai/docs/model-api-reference/image-generation-api/flux-pro-kontext-multi
   (``image_urls``), https://fal.ai/models/fal-ai/flux-pro/v1/fill
-  (``image_url`` + ``mask_url``), and the presets of
+  (``image_url`` + ``mask_url``, FLUX.1 Fill [pro]: BFL's mask, "black areas
+  will be preserved while white areas will be inpainted", of the image's
+  size: https://docs.bfl.ai/flux_tools/flux_1_fill; a mask that is not black
+  and white, or of another size, is a 422 here), and the presets of
   https://docs.fal.ai/documentation/model-apis/model-arguments.
 
 Where the documents are silent the stand-in chooses, and says so: a field a
@@ -157,6 +160,23 @@ class Job:
 
 def _detail(field_name: str, msg: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", field_name], "msg": msg, "type": kind, "url": f"https://docs.fal.ai/errors#{kind}"}
+
+
+def _decoded(uri: str) -> Image.Image:
+    img = Image.open(io.BytesIO(base64.b64decode(uri.partition("base64,")[2])))
+    img.load()
+    return img
+
+
+def _mask_problems(image_uri: str, mask_uri: str) -> list[dict[str, Any]]:
+    """FLUX Fill's mask: black (keep) and white (inpaint), the image's size."""
+    image, mask = _decoded(image_uri), _decoded(mask_uri)
+    if mask.size != image.size:
+        return [_detail("mask_url", "The mask must have the image's dimensions", "value_error")]
+    histogram = mask.convert("L").histogram()
+    if mask.mode not in ("1", "L", "RGB") or sum(histogram[1:255]) > 0:
+        return [_detail("mask_url", "The mask must be black (keep) and white (inpaint)", "value_error")]
+    return []
 
 
 def image_bytes(width: int, height: int, fmt: str, color: tuple[int, int, int]) -> bytes:
@@ -301,6 +321,8 @@ class FalStandIn(StandInServer[Received, Fault]):
         for name in ("image_url", "mask_url"):
             if name in body and not str(body[name]).startswith(("data:image/", "https://", "http://")):
                 problems.append(_detail(name, "Input should be a URL or a data URI", "url_parsing"))
+        if not problems and all(str(body.get(k, "")).startswith("data:") for k in ("image_url", "mask_url")):
+            problems += _mask_problems(str(body["image_url"]), str(body["mask_url"]))
         urls = body.get("image_urls", [])
         if not isinstance(urls, list) or not all(str(u).startswith("data:image/") for u in urls):
             problems.append(_detail("image_urls", "Input should be a list of URLs", "list_type"))

@@ -24,8 +24,10 @@ SDK's ``projects/fal_client/src/fal_client/client.py`` and the JS SDK's
 (``prompt``, ``n`` -> ``num_images``, ``size`` -> ``image_size``
 ``{width, height}`` or the nearest ``aspect_ratio``, ``output_format``,
 the edit's image(s) -> ``image_url``/``image_urls`` as ``data:`` URIs,
-``mask`` -> ``mask_url``). The defaults fit fal's FLUX models; the provider
-option ``inputs:`` gives a model id (or a shell pattern) its own. Fields the
+``mask`` -> ``mask_url``, converted from OpenAI's convention, transparent =
+edit, to FLUX Fill's, white = inpaint and black = keep: ``imaging/masks.py``).
+The defaults fit fal's FLUX models; the provider option ``inputs:`` gives a
+model id (or a shell pattern) its own. Fields the
 catalog entry declares in ``extra_fields`` go into the input under their own
 names (they are fal's input names). A field the client sent that the mapping
 does not map is a 400 naming it, never dropped. fal makes ``n`` itself
@@ -56,6 +58,7 @@ from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.contract.results import Deployment
 from imagegate.contract.rules import parse_size
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
+from imagegate.imaging.masks import inpaint_mask
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import ErrorFields, invalid_response
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
@@ -222,7 +225,11 @@ def _images(request: ImageRequest, inputs: FalInputs, put: Put) -> None:
                 param="mask",
                 code="unsupported_mask",
             )
-        put(inputs.mask, data_uri(request.mask), "mask")
+        # OpenAI's mask (transparent = edit) as FLUX Fill's (white = inpaint, black = keep), the first image's size.
+        first = request.images[0] if request.images else None
+        size = (first.info.width, first.info.height) if first is not None else (request.mask.info.width, request.mask.info.height)
+        converted = pybase64.b64encode(inpaint_mask(request.mask.data, size, request.model)).decode("ascii")
+        put(inputs.mask, f"data:image/png;base64,{converted}", "mask")
 
 
 def fal_error_fields(body: bytes) -> ErrorFields | None:

@@ -210,15 +210,29 @@ def test_kontext_multi_takes_its_images_as_a_list(up: FalStandIn, sdk: openai.Op
     assert body["aspect_ratio"] == "1:1"
 
 
-def test_a_mask_goes_as_mask_url(up: FalStandIn, sdk: openai.OpenAI) -> None:
-    src, mask = make_image(64, 64, "PNG"), make_mask(64, 64, (0, 0, 32, 32))
+def test_a_mask_goes_as_mask_url_in_flux_fills_convention(up: FalStandIn, sdk: openai.OpenAI) -> None:
+    src, mask = make_image(64, 48, "PNG"), make_mask(64, 48, (0, 0, 32, 16))  # transparent (edit) top left
     raw = sdk.images.with_raw_response.edit(model="fill", image=("a.png", src, "image/png"), mask=("m.png", mask, "image/png"),
                                             prompt="a window", extra_body={"seed": 3})  # fmt: skip
     body = _input(up)
-    assert (_uri_bytes(body["image_url"], "image/png"), _uri_bytes(body["mask_url"], "image/png")) == (src, mask)
+    assert _uri_bytes(body["image_url"], "image/png") == src  # the client's exact bytes
+    # OpenAI's mask (transparent = edit) became FLUX Fill's: white = inpaint, black = keep, the image's size
+    sent = decode_bytes(_uri_bytes(body["mask_url"], "image/png"))
+    assert (sent.format, sent.mode, sent.size) == ("PNG", "L", (64, 48))
+    assert [sent.getpixel(p) for p in [(0, 0), (31, 15), (32, 0), (0, 16), (63, 47)]] == [255, 255, 0, 0, 0]
     assert {k: body[k] for k in ("prompt", "seed")} == {"prompt": "a window", "seed": 3}
     assert raw.headers["x-imagegate-cost-usd"] == "0.050000"
-    assert decode_b64(raw.parse().data[0].b64_json).size == (1024, 1024)  # the input's ratio
+    assert decode_b64(raw.parse().data[0].b64_json).size == (1184, 896)  # about a megapixel at the input's 4:3
+
+
+def test_a_mask_fill_cannot_read_is_a_400(up: FalStandIn, sdk: openai.OpenAI) -> None:
+    image = ("a.png", make_image(64, 48, "PNG"), "image/png")
+    opaque = make_image(64, 48, "PNG")  # no alpha: nothing says where to edit
+    for mask in (opaque, make_mask(48, 64, (0, 0, 8, 8))):
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.images.edit(model="fill", image=image, mask=("m.png", mask, "image/png"), prompt="x")
+        assert info.value.param == "mask", info.value.message
+    assert up.received == []
 
 
 # -- what the mapping does not take: 400s naming the field ---------------------------------------

@@ -18,7 +18,6 @@ family     models                       size becomes                   input ima
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -26,11 +25,11 @@ from typing import Any, Literal
 
 import orjson
 import pybase64
-from PIL import Image
 
 from imagegate.contract.catalog import GENERATIONS, parse_size
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.errors import InvalidRequestError
+from imagegate.imaging.masks import inpaint_mask
 from imagegate.providers.http import ErrorFields, openai_error_fields
 
 Family = Literal["kontext", "ultra", "fill", "sized"]
@@ -83,30 +82,6 @@ def _checked_ratio(value: object, model: str) -> None:
 def b64(image: InputImage) -> str:
     """The image's exact bytes in base64 (BFL takes base64 or a URL)."""
     return pybase64.b64encode(image.data).decode("ascii")
-
-
-def bfl_mask(mask: InputImage, image: InputImage, model: str) -> bytes:
-    """OpenAI's mask (fully transparent = edit here) as BFL's: a black and
-    white PNG of the image's size, white where to inpaint."""
-    if (mask.info.width, mask.info.height) != (image.info.width, image.info.height):
-        raise InvalidRequestError(
-            f"The mask is {mask.info.width}x{mask.info.height} and the image {image.info.width}x{image.info.height}: "
-            f"model '{model}' needs them the same size.",
-            param="mask",
-            code="invalid_mask",
-        )
-    with Image.open(io.BytesIO(mask.data)) as src:
-        if "A" not in src.getbands() and "transparency" not in src.info:
-            raise InvalidRequestError(
-                "The mask has no alpha channel: its fully transparent areas say where to edit (OpenAI's convention).",
-                param="mask",
-                code="invalid_mask",
-            )
-        alpha = src.convert("RGBA").getchannel("A")
-    white = alpha.point(lambda a: 255 if a == 0 else 0)
-    out = io.BytesIO()
-    white.save(out, "PNG")
-    return out.getvalue()
 
 
 def _unsupported(name: str, model: str) -> InvalidRequestError:
@@ -174,7 +149,8 @@ def _images(request: ImageRequest, kind: Family, origins: dict[str, str]) -> dic
         out: dict[str, Any] = {"image": b64(image)}
         origins["image"] = "image"
         if request.mask is not None:
-            out["mask"] = pybase64.b64encode(bfl_mask(request.mask, image, request.model)).decode("ascii")
+            mask = inpaint_mask(request.mask.data, (image.info.width, image.info.height), request.model)
+            out["mask"] = pybase64.b64encode(mask).decode("ascii")
             origins["mask"] = "mask"
         elif not image.info.has_alpha:
             raise InvalidRequestError(
