@@ -65,10 +65,12 @@ MEGAPIXEL = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class PerImage:
-    """Nano-dollars per image: by ``(quality, size)``, else ``default``."""
+    """Nano-dollars per image: by ``(quality, size)``, else ``default``;
+    ``per_input`` for each input image of an edit (once per request)."""
 
     table: Mapping[tuple[str, str], int] = field(default_factory=dict)
     default: int | None = None
+    per_input: int = 0
 
     def price(self, quality: str | None, size: str | None) -> int | None:
         if quality is not None and size is not None and (quality, size) in self.table:
@@ -283,7 +285,7 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         return 0
     n = request.n
     if isinstance(price, PerImage):
-        return n * _per_image_most(price, request.quality, request.size)
+        return n * _per_image_most(price, request.quality, request.size) + price.per_input * len(request.images)
     if isinstance(price, PerMegapixel):  # each image (each upstream job) pays for its inputs too
         return n * (_megapixel_output_most(price, request.size, bound_sizes(request.spec)) + price.inputs(request.images))
     out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
@@ -332,7 +334,8 @@ def actual(
     if price is None:
         return Cost(0, True, **reported)
     if isinstance(price, PerImage):
-        return Cost(per_image_cost(price, quality, size, images), False, **reported)
+        inputs = price.per_input * len(request.images)
+        return Cost(per_image_cost(price, quality, size, images) + inputs, False, **reported)
     if isinstance(price, PerMegapixel):
         one = _megapixel_output_most(price, size, bound_sizes(request.spec)) + price.inputs(request.images)
         return Cost(images * one, parse_size(size) is None, **reported)
@@ -460,6 +463,7 @@ def price_from_config(cfg: PriceConfig | Mapping[str, Any]) -> Price:
             image_input_cached=_per_1m_or_none(cfg.image_input_cached_per_1m),
         )
     per_image = cfg.per_image
+    per_input = to_nano(cfg.per_input_image) if cfg.per_input_image is not None else 0
     if isinstance(per_image, Mapping):
         table = {}
         default = None
@@ -469,9 +473,9 @@ def price_from_config(cfg: PriceConfig | Mapping[str, Any]) -> Price:
             else:
                 quality, _, size = str(key).partition(" ")
                 table[(quality, size)] = to_nano(usd)
-        return PerImage(table, default)
-    assert per_image is not None  # PriceConfig gives one of the two
-    return PerImage(default=to_nano(per_image))
+        return PerImage(table, default, per_input)
+    assert per_image is not None  # PriceConfig gives one of the kinds
+    return PerImage(default=to_nano(per_image), per_input=per_input)
 
 
 __all__ = [

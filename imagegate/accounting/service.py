@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -333,6 +333,23 @@ class Accounting:
         err.type = "insufficient_quota"
         return err
 
+    def _stated_cost(self, admission: Admission, price: Price | None, stated: int | None) -> int | None:
+        """An upstream's stated cost, held to the catalog's bound: above the
+        request's worst case at its price (the reservation's figure) it is
+        charged at that bound and logged, so a wrong or hostile number never
+        spends more than the price allows; the row keeps the stated figure."""
+        if stated is None or price is None:
+            return stated
+        bound = worst_case(price, admission.request)
+        if stated <= bound:
+            return stated
+        log.error(
+            "request %s: the upstream %s stated a cost of %s nano-USD, above the bound of %s its catalog price gives "
+            "for this request (model %s): charged the bound; raise the entry's price if the upstream's prices went up",
+            admission.request_id, admission.deployment.provider, stated, bound, admission.request.model,
+        )  # fmt: skip
+        return bound
+
     async def settle(self, admission: Admission, outcome: Outcome) -> int:
         """Charge and record; returns the cost in nano-dollars. Raises
         ServiceUnavailableError only for a successful request whose charge
@@ -342,7 +359,10 @@ class Accounting:
         delivered = outcome.status < 400 or outcome.images > 0  # a stream may fail after some images
         cost = None
         if delivered:
-            cost = actual(price, request, outcome.images, outcome.usage, outcome.meta, outcome.upstream_cost_nusd)
+            stated = self._stated_cost(admission, price, outcome.upstream_cost_nusd)
+            cost = actual(price, request, outcome.images, outcome.usage, outcome.meta, stated)
+            if stated is not None and stated != outcome.upstream_cost_nusd:
+                cost = replace(cost, upstream_cost_nusd=outcome.upstream_cost_nusd)  # the row keeps what was stated
         charged = cost.nusd if cost is not None else 0
         if cost is not None and admission.reservation_id is not None and charged > admission.reserved:
             log.error(

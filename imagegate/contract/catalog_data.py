@@ -70,6 +70,9 @@ class PriceConfig(_Strict):
     published table by quality and size, or a formula of the pixel count)."""
 
     per_image: float | dict[str, float] | None = None
+    # With per_image: what each input image of an edit adds (an upstream that
+    # bills its inputs, such as xAI).
+    per_input_image: float | None = Field(None, ge=0)
     per_megapixel: PerMegapixelConfig | None = None
     text_input_per_1m: float | None = Field(None, ge=0)
     text_input_cached_per_1m: float | None = Field(None, ge=0)
@@ -88,6 +91,8 @@ class PriceConfig(_Strict):
         prices = self.per_image.values() if isinstance(self.per_image, dict) else [self.per_image or 0]
         if any(p < 0 for p in prices):
             raise ValueError("prices cannot be negative")
+        if self.per_input_image is not None and self.per_image is None:
+            raise ValueError("per_input_image goes with per_image")
         if not tokens and (self.output_tokens or self.output_tokens_formula):
             raise ValueError("output_tokens and output_tokens_formula go with token rates, not per_image")
         if self.output_tokens is not None:

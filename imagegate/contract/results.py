@@ -141,5 +141,15 @@ class Progress:
     status: str  # the upstream's own word ("Pending", "IN_QUEUE", "processing")
 
 
+def split_cost(cost: int | None, images: int) -> list[int | None]:
+    """A stated cost as shares of ``images`` completions, summing to it
+    exactly (the last takes the remainder); None for each when none was stated."""
+    if cost is None or images <= 0:
+        return [None] * images
+    each = cost // images
+    shares: list[int | None] = [each] * (images - 1)
+    return [*shares, cost - each * (images - 1)]
+
+
 # What a provider's stream yields.
 StreamItem = PartialImage | CompletedImage | Progress

@@ -13,6 +13,7 @@ Accounting settles the request on every way out: success, error, cancellation.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +34,7 @@ from imagegate.contract.results import (
     StreamItem,
 )
 from imagegate.contract.validate import retarget
-from imagegate.errors import ImagegateError, InvalidRequestError
+from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamTimeoutError
 from imagegate.gateway.checks import check_upstream_cost, check_usage, checked_result, warn_extra_images
 from imagegate.gateway.hosted import HostedFiles
 from imagegate.gateway.output import ResizePolicy, Shaped, shape_images
@@ -156,18 +157,34 @@ class RequestRunner:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
         admission.serve(served.request, served.deployment)
-        return OpenedStream(admission.reserved, served, self._stream(served, admission))
+        deadline = admission.started + self.routes[request.model].policy.deadline_seconds
+        return OpenedStream(admission.reserved, served, self._stream(served, admission, deadline))
 
     async def _stream(
-        self, served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]], admission: Admission
+        self, served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]], admission: Admission, deadline: float
     ) -> AsyncGenerator[StreamEvent | KeepAlive, None]:
         request, (head, rest) = served.request, served.value
         images, usage, meta, extra = 0, None, ImageMeta(), 0
         upstream_cost: int | None = None
+        costs_stated = True  # every delivered image came with the upstream's cost
 
         async def items() -> AsyncIterator[StreamItem]:
+            """The provider's items, within the request's deadline (monotonic
+            ``deadline``): a stream kept open by keep-alives ends there too, as
+            a 504, since its reservation lasts only that long."""
             yield head
-            async for item in rest:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    item = await asyncio.wait_for(anext(rest), remaining)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise UpstreamTimeoutError(
+                        f"The request did not finish within its deadline on '{served.provider}'.", code="deadline_exceeded"
+                    ) from None
                 yield item
 
         async with served:  # the deployment's slot is held until the stream ends
@@ -190,7 +207,9 @@ class RequestRunner:
                         images += 1
                         usage = add_usage(usage, item.usage)
                         meta = item.meta
-                        if item.upstream_cost_nusd is not None:
+                        if item.upstream_cost_nusd is None:
+                            costs_stated = False
+                        else:
                             upstream_cost = (upstream_cost or 0) + item.upstream_cost_nusd
                         yield stream_event(request, "completed", shaped, meta, item.usage, None)
             except BaseException as exc:
@@ -198,6 +217,7 @@ class RequestRunner:
                 # charged whatever ends the stream after them (an error event, a hang-up).
                 failed = outcome_of_error(exc)
                 ended = failed
+                upstream_cost = upstream_cost if costs_stated else None  # some images had none: the catalog prices all
                 if images:
                     ended = replace(failed, images=images, usage=usage, meta=meta, upstream_cost_nusd=upstream_cost)
                 await asyncio.shield(self.accounting.settle(admission, ended))
@@ -206,7 +226,8 @@ class RequestRunner:
                 await _aclose(rest)
         if extra:
             warn_extra_images(request, images + extra, served.provider)
-        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta, upstream_cost_nusd=upstream_cost)))
+        stated = upstream_cost if costs_stated else None  # some images had none: the catalog prices all
+        await asyncio.shield(self.accounting.settle(admission, Outcome(images, usage, meta, upstream_cost_nusd=stated)))
 
     async def _shape(self, request: ImageRequest, images: Sequence[GeneratedImage], served: Served[Any]) -> list[Shaped]:
         """Images as the client asked them (format, size), under the model's

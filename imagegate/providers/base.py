@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imagegate.contract.catalog import ModelSpec
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, ProviderResult, StreamItem
+from imagegate.contract.results import CompletedImage, Deployment, ProviderResult, StreamItem, split_cost
 
 
 class ProviderOptions(BaseModel):
@@ -169,10 +169,9 @@ class Provider(ABC):
     async def stream(self, request: ImageRequest, deployment: Deployment) -> AsyncIterator[StreamItem]:
         result = await self.run(request, deployment)
         last = len(result.images) - 1
-        for i, image in enumerate(result.images):
-            yield CompletedImage(
-                image, result.usage if i == last else None, result.meta, result.upstream_cost_nusd if i == last else None
-            )
+        shares = split_cost(result.upstream_cost_nusd, len(result.images))
+        for i, (image, share) in enumerate(zip(result.images, shares, strict=True)):
+            yield CompletedImage(image, result.usage if i == last else None, result.meta, share)
 
     async def start(self, models: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Work to do when the server starts; ``models`` are the upstream model

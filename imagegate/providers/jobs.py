@@ -66,7 +66,15 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import Field
 
 from imagegate.contract.requests import ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, GeneratedImage, Progress, ProviderResult, StreamItem
+from imagegate.contract.results import (
+    CompletedImage,
+    Deployment,
+    GeneratedImage,
+    Progress,
+    ProviderResult,
+    StreamItem,
+    split_cost,
+)
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
 from imagegate.imaging.probe import sniff_format
 from imagegate.providers.base import ProviderOptions, work_may_have_started
@@ -166,13 +174,15 @@ class JobProvider(HostedProvider):
 
     async def run(self, request: ImageRequest, deployment: Deployment) -> ProviderResult:
         images: list[GeneratedImage] = []
-        cost: int | None = None
+        costs: list[int | None] = []  # per finished job: what the upstream stated (None: nothing)
         async with contextlib.aclosing(self._events(request, deployment)) as events:
             async for item in events:
                 if isinstance(item, CompletedImage):
                     images.append(item.image)
-                    if item.upstream_cost_nusd is not None:
-                        cost = (cost or 0) + item.upstream_cost_nusd
+                    costs.append(item.upstream_cost_nusd)
+        # An image without a stated share leaves the whole request to the
+        # catalog price: a partial sum would charge too little.
+        cost = sum(c for c in costs if c is not None) if costs and None not in costs else None
         return ProviderResult(images, upstream_cost_nusd=cost)
 
     generate = edit = variation = run
@@ -196,9 +206,9 @@ class JobProvider(HostedProvider):
                     failures.append(event)
                 else:
                     done += 1
-                    last = len(event.images) - 1
-                    for i, image in enumerate(event.images):
-                        yield CompletedImage(image, upstream_cost_nusd=event.cost_nusd if i == last else None)
+                    shares = split_cost(event.cost_nusd, len(event.images))
+                    for image, share in zip(event.images, shares, strict=True):
+                        yield CompletedImage(image, upstream_cost_nusd=share)
             if failures and not done:
                 raise failures[0].error
             for failure in failures:

@@ -118,7 +118,7 @@ def test_virtual_keys_from_the_command_line(tmp_path: Path) -> None:
         ({"auth": {"encryption_key": "not-fernet"}}, "auth.encryption_key: not a Fernet key"),
         ({"database": {"url": "mysql://x"}}, "database.url: unsupported database URL"),
         ({"rate_limits": {"storage_url": "memcached://x"}}, "rate_limits.storage_url: unsupported"),
-        ({"pricing": {"test-pattern": {}}}, "pricing.test-pattern: give either per_image or image_output_per_1m"),
+        ({"pricing": {"test-pattern": {}}}, "pricing.test-pattern: give either per_image, per_megapixel or image_output_per_1m"),
         ({"pricing": {"test-pattern": {"per_image": -1}}}, "prices cannot be negative"),
     ],
 )

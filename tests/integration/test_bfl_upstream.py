@@ -65,6 +65,12 @@ def gateway_config(base_url: str) -> dict[str, Any]:
             },  # fmt: skip
             "kontext-once": {**kontext, "deployments": [{"provider": "bfl-a", "model": "flux-kontext-pro"}]},
             "kontext-deadline": {**kontext, "deployments": [{"provider": "bfl-slow", "model": "flux-kontext-pro"}]},
+            # the request's own deadline (routing), shorter than the job's time
+            "kontext-short": {
+                **kontext,
+                "deployments": [{"provider": "bfl", "model": "flux-kontext-pro"}],
+                "routing": {"deadline_seconds": 1.0, "max_attempts": 1},
+            },
         },
     }
 
@@ -338,6 +344,22 @@ def test_a_job_past_its_time_is_a_504_and_no_longer_polled(up: BFLStandIn, gatew
     polled = up.polls_of(task_id)
     time.sleep(0.4)
     assert up.polls_of(task_id) == polled and up.other == []
+
+
+def test_a_stream_kept_alive_still_ends_at_the_requests_deadline(up: BFLStandIn, gateway: Running) -> None:
+    body = {"model": "kontext-short", "prompt": "x [never]", "stream": True}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{gateway.base_url}/v1/images/generations", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    took = time.monotonic() - started
+    assert any(line.startswith(":") for line in lines) and 1.0 <= took < 3.0, (took, lines)
+    assert lines[-2] == "event: error", lines
+    assert json.loads(lines[-1].removeprefix("data: "))["error"]["code"] == "deadline_exceeded"
+    (task_id,) = up.tasks
+    polled = up.polls_of(task_id)
+    time.sleep(0.4)
+    assert up.polls_of(task_id) == polled  # the job's polling ended with the stream
 
 
 def test_the_result_is_fetched_before_its_url_expires(up: BFLStandIn, gateway: Running, sdk: openai.OpenAI) -> None:

@@ -268,6 +268,10 @@ def test_cost_is_what_xai_states_it_charged(up: XAIStandIn, sdk: openai.OpenAI) 
     images = [("a.png", make_image(64, 64), "image/png"), ("b.png", make_image(64, 64), "image/png")]
     raw = sdk.images.with_raw_response.edit(model="grok-imagine-image", prompt="x", image=images, response_format="b64_json")
     assert raw.headers["x-imagegate-cost-usd"] == "0.022469"  # 2e8 + 2 x 12_345_671 ticks = $0.0224691342
+    # a stated cost above what the catalog price allows is charged at that bound
+    up.ticks_per_input_image = 10**10  # $1 an input image
+    raw = sdk.images.with_raw_response.edit(model="grok-imagine-image", prompt="x", image=images, response_format="b64_json")
+    assert raw.headers["x-imagegate-cost-usd"] == "0.060000"  # $0.02 + 2 x $0.02 allowance
 
 
 def test_input_moderation_block_is_a_400(up: XAIStandIn, sdk: openai.OpenAI) -> None:

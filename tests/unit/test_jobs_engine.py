@@ -15,7 +15,7 @@ from PIL import Image
 
 from imagegate.contract import catalog
 from imagegate.contract.requests import GenerationFields, ImageRequest
-from imagegate.contract.results import CompletedImage, Deployment, Progress
+from imagegate.contract.results import CompletedImage, Deployment, Progress, split_cost
 from imagegate.errors import InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from imagegate.providers.base import ProviderContext, attempt_record
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
@@ -42,12 +42,14 @@ class Scripted(JobProvider):
         self.scripts = {i: list(s) for i, s in scripts.items()}
         self.cancelled: list[str] = []
         self.fetched: list[str] = []
+        self.costless: set[int] = set()  # jobs whose submission states no cost
 
     async def submit(self, request: ImageRequest, deployment: Deployment, index: int) -> Job:
         script = self.scripts[index]
         if script and isinstance(script[0], BaseException) and getattr(script[0], "at_submit", False):
             raise script.pop(0)
-        return Job(f"job-{index}", f"https://api.example.com/poll/{index}", cost_nusd=40_000_000)
+        cost = None if index in self.costless else 40_000_000
+        return Job(f"job-{index}", f"https://api.example.com/poll/{index}", cost_nusd=cost)
 
     async def poll(self, job: Job, deployment: Deployment) -> Poll:
         step = self.scripts[job.index].pop(0) if len(self.scripts[job.index]) > 1 else self.scripts[job.index][0]
@@ -187,3 +189,14 @@ def test_the_credential_goes_only_to_the_api_host_and_the_hosts_named() -> None:
     for bad in bad_urls:
         with pytest.raises(UpstreamError):
             provider.checked_url(bad, "polling_url")
+
+
+async def test_a_job_without_a_stated_cost_leaves_the_request_to_the_catalog_price() -> None:
+    provider = Scripted({0: [READY], 1: [READY]})
+    provider.costless = {1}
+    result = await provider.run(request(2), DEP)
+    assert len(result.images) == 2 and result.upstream_cost_nusd is None  # not the $0.04 of one job
+
+
+def test_a_stated_cost_is_shared_by_a_jobs_images_to_the_nano_dollar() -> None:
+    assert split_cost(100, 3) == [33, 33, 34] and split_cost(None, 2) == [None, None] and split_cost(7, 1) == [7]
