@@ -61,6 +61,7 @@ from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.imaging.masks import inpaint_mask
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import ErrorFields, invalid_response
+from imagegate.providers.job_hosts import vendor_poll_hosts
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
 from imagegate.providers.redact import redact_error
 
@@ -76,6 +77,8 @@ _PENDING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 # (response_format) and streams keep-alive progress (stream).
 _GATEWAY_OWN = frozenset({"model", "response_format", "stream"})
 _ANY_STATUS = range(100, 1000)
+# fal's queue host and its backup domain.
+FAL_QUEUE_HOSTS = ("queue.fal.run", "queue.falrun.com")
 
 Put = Callable[[str, Any, str], None]  # (fal field, value, the client field it came from)
 
@@ -123,8 +126,9 @@ class FalOptions(JobOptions):
     auth_prefix: ClassVar[str] = "Key "
 
     base_url: str = "https://queue.fal.run"
-    # fal's queue host and its backup domain (fal-js backup-domain.ts).
-    poll_hosts: list[str] = ["queue.fal.run", "queue.falrun.com"]
+    # fal's queue host and its backup domain (fal-js backup-domain.ts) by default
+    # when base_url is fal's; none with a proxy (its key is not fal's).
+    poll_hosts: list[str] = Field(default_factory=vendor_poll_hosts(*FAL_QUEUE_HOSTS))
     # Upstream model id (or shell pattern) -> its input mapping; a model not
     # matched here gets the built-in one (BUILTIN_INPUTS).
     inputs: dict[str, FalInputs] = Field(default_factory=dict)
@@ -411,4 +415,13 @@ def _client_error(exc: ImagegateError, origin: Mapping[str, str]) -> ImagegateEr
     return exc
 
 
-__all__ = ["BUILTIN_INPUTS", "FalInputs", "FalOptions", "FalProvider", "fal_error_fields", "fal_input", "nearest_ratio"]
+__all__ = [
+    "BUILTIN_INPUTS",
+    "FAL_QUEUE_HOSTS",
+    "FalInputs",
+    "FalOptions",
+    "FalProvider",
+    "fal_error_fields",
+    "fal_input",
+    "nearest_ratio",
+]

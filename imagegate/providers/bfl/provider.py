@@ -41,13 +41,14 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.providers.bfl import wire
 from imagegate.providers.http import ErrorFields, invalid_response
+from imagegate.providers.job_hosts import vendor_poll_hosts
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
 from imagegate.providers.redact import redact_error
 
@@ -56,6 +57,8 @@ REGIONS = {
     "eu": "https://api.eu.bfl.ai/v1",
     "us": "https://api.us.bfl.ai/v1",
 }
+# BFL's own hosts: the global, regional and cluster endpoints.
+BFL_HOSTS = ("api.bfl.ai", "api.*.bfl.ai")
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 # Poll answers that only say to ask again later.
 _TRANSIENT_POLL = frozenset({408, 425, 429})
@@ -68,8 +71,9 @@ class BFLOptions(JobOptions):
     base_url: str = REGIONS["global"]
     # The endpoint by region: global (failover across clusters), eu, us. Instead of base_url.
     region: Literal["global", "eu", "us"] | None = None
-    # polling_url names the cluster that took the job (api.eu2.bfl.ai, api.us1.bfl.ai).
-    poll_hosts: list[str] = ["api.bfl.ai", "api.*.bfl.ai"]
+    # polling_url names the cluster that took the job (api.eu2.bfl.ai, api.us1.bfl.ai):
+    # those hosts by default when base_url is BFL's; none with a proxy (its key is not BFL's).
+    poll_hosts: list[str] = Field(default_factory=vendor_poll_hosts(*BFL_HOSTS))
 
     @model_validator(mode="before")
     @classmethod
@@ -178,4 +182,4 @@ class BFLProvider(JobProvider):
         return error
 
 
-__all__ = ["REGIONS", "BFLOptions", "BFLProvider"]
+__all__ = ["BFL_HOSTS", "REGIONS", "BFLOptions", "BFLProvider"]
