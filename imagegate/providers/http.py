@@ -192,12 +192,15 @@ class HostedProvider(Provider):
         self.max_bytes = int(options.max_response_mb * MB)
         key = options.api_key.get_secret_value() if options.api_key else None
         self._own_auth = self.auth_headers(key) if key else {}
+        # The one pool of connections; httpx on top for the dialects, and the
+        # bare session for the hottest path (job polls, providers/jobs.py).
+        self.transport = AiohttpTransport(max_connections=options.max_connections)
         self.client = httpx.AsyncClient(
             base_url=options.base_url,
             trust_env=False,
             follow_redirects=False,
             timeout=httpx.Timeout(options.timeout_seconds, connect=options.connect_timeout_seconds),
-            transport=AiohttpTransport(max_connections=options.max_connections),
+            transport=self.transport,
             headers={"User-Agent": "imagegate", **options.headers},
         )
 

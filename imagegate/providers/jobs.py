@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import SplitResult, urlsplit
 
+import aiohttp
+import orjson
 from pydantic import Field
 
 from imagegate.contract.requests import ImageRequest
@@ -77,8 +79,9 @@ from imagegate.contract.results import (
 )
 from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeoutError
 from imagegate.imaging.probe import sniff_format
-from imagegate.providers.base import ProviderOptions, work_may_have_started
+from imagegate.providers.base import ProviderContext, ProviderOptions, work_may_have_started
 from imagegate.providers.http import HostedOptions, HostedProvider, invalid_response
+from imagegate.providers.redact import redact_error
 
 log = logging.getLogger("imagegate.providers.jobs")
 
@@ -89,9 +92,11 @@ _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 class JobOptions(HostedOptions):
     """The options every submit-poll-fetch provider takes."""
 
+    # Polls at 0.5, 1.3, 2.6, 4.6, 7.9, 13.1, 21.1 s...: a finished job is seen
+    # within poll_max_seconds; 500 jobs pending 20 s cost ~5% of a core (bench/jobs.py).
     poll_initial_seconds: float = Field(0.5, gt=0, le=60)
-    poll_max_seconds: float = Field(5.0, gt=0, le=300)
-    poll_multiplier: float = Field(1.5, ge=1, le=10)
+    poll_max_seconds: float = Field(8.0, gt=0, le=300)
+    poll_multiplier: float = Field(1.6, ge=1, le=10)
     # A job that runs longer is a 504 (the deployment's timeout_seconds, when set, wins).
     job_timeout_seconds: float = Field(600.0, gt=0)
     # Failed polls in a row (5xx, timeouts, broken connections) before the job counts as lost.
@@ -148,6 +153,18 @@ class JobProvider(HostedProvider):
 
     options_model: ClassVar[type[ProviderOptions]] = JobOptions
     options: JobOptions
+
+    def __init__(self, name: str, options: ProviderOptions, context: ProviderContext) -> None:
+        super().__init__(name, options, context)
+        opts = self.options
+        # What every poll sends, built once (polls are the hot path): the
+        # configured headers only to base_url's origin, the credential to
+        # every checked poll URL.
+        self._base_origin = _origin(opts.base_url)
+        self._poll_headers = {**_AGENT, **opts.headers}
+        self._own_poll_headers = {**self._poll_headers, **self._own_auth}
+        self._own_foreign_headers = {**_AGENT, **self._own_auth}
+        self._poll_timeout = aiohttp.ClientTimeout(total=opts.timeout_seconds, sock_connect=opts.connect_timeout_seconds)
 
     # -- the dialect's hooks -----------------------------------------------------
 
@@ -294,6 +311,50 @@ class JobProvider(HostedProvider):
             raise invalid_response(self.name, "a result is not PNG, JPEG or WebP")
         return GeneratedImage(data, fmt)
 
+    # -- the poll path --------------------------------------------------------------
+
+    async def get_json(self, url: str, deployment: Deployment) -> Any:
+        """GET a checked poll URL (``checked_url``) with the credential and
+        return its JSON: the hottest path of a job provider, so it goes
+        straight to the provider's pooled aiohttp session (httpx's request
+        and response objects cost more than a poll: bench/jobs.py). Errors
+        map as :meth:`exchange` maps them (status answers via
+        :meth:`error_from`, timeouts, broken connections), redacted."""
+        opts = self.options
+        if deployment.api_key:
+            auth = self.auth_headers(deployment.api_key)
+            headers = {**(self._poll_headers if _origin(url) == self._base_origin else _AGENT), **auth}
+        else:
+            headers = self._own_poll_headers if _origin(url) == self._base_origin else self._own_foreign_headers
+        timeout = self._poll_timeout
+        if deployment.timeout or deployment.connect_timeout:
+            timeout = aiohttp.ClientTimeout(
+                total=deployment.timeout or opts.timeout_seconds,
+                sock_connect=deployment.connect_timeout or opts.connect_timeout_seconds,
+            )
+        try:
+            async with self.transport.session().get(url, headers=headers, timeout=timeout, allow_redirects=False) as answer:
+                body = await _capped(answer, POLL_MAX_BYTES)
+                if body is None:
+                    raise invalid_response(self.name, f"a poll's answer is larger than {POLL_MAX_BYTES} bytes")
+                if answer.status != 200:
+                    raise self.error_from(answer.status, body, answer.headers)
+        except ImagegateError as exc:
+            raise redact_error(exc, self.secrets(deployment)) from None
+        except TimeoutError:
+            raise self.timeout_error() from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"Could not connect to the upstream '{self.name}'.", code="upstream_unreachable") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"The connection to the upstream '{self.name}' broke off ({type(exc).__name__}).",
+                code="upstream_connection_error",
+            ) from exc
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise invalid_response(self.name, f"a poll's answer is not JSON ({len(body)} bytes)") from None
+
     # -- URLs the upstream hands out ---------------------------------------------
 
     def checked_url(self, url: object, what: str) -> str:
@@ -318,6 +379,29 @@ class JobProvider(HostedProvider):
         if parts.scheme not in ("http", "https") or not (same_origin or named):
             raise invalid_response(self.name, f"its {what} is on a host this gateway does not send the credential to")
         return url
+
+
+_AGENT = {"User-Agent": "imagegate"}
+# A poll's answer is a small JSON document; anything larger is not one.
+POLL_MAX_BYTES = 1024 * 1024
+
+
+async def _capped(answer: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (the rest unread)."""
+    if answer.content_length is not None and answer.content_length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in answer.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), _port(parts)
 
 
 def _port(parts: SplitResult) -> int | None:

@@ -81,6 +81,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_seconds
         self._session: aiohttp.ClientSession | None = None
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled aiohttp session itself (made on first use, in the loop)."""
+        return self._client()
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # made inside the running event loop
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive)

@@ -278,6 +278,22 @@ def test_bfls_refusals_at_submission(up: BFLStandIn, gateway: Running) -> None:
     assert "Not authenticated" not in r.text  # nothing of BFL's text (it may quote the key)
 
 
+UNREADABLE_COSTS = ["n/a", "", -4, True, {"credits": 4}, [4], "NaN", "Infinity"]
+
+
+@pytest.mark.parametrize("cost", UNREADABLE_COSTS, ids=[repr(c) for c in UNREADABLE_COSTS])
+def test_a_cost_bfl_states_unreadably_is_a_502(up: BFLStandIn, sdk: openai.OpenAI, cost: Any) -> None:
+    poll = f"{up.origin}/cluster-1/v1/get_result?id=t-1"
+    up.script.append(Fault(200, {"id": "t-1", "polling_url": poll, "cost": cost, "input_mp": 0, "output_mp": 1}))
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk.images.generate(model="kontext-twice", prompt="x")
+    assert (info.value.status_code, info.value.code) == (502, "invalid_upstream_response")
+    assert "cost is not a number of credits" in info.value.message
+    # not polled, and not resubmitted to the other deployment: the job may be running (and charged) at BFL
+    assert up.polls == [] and len(up.submissions()) == 1
+    assert info.value.response.headers["x-imagegate-attempts"] == "1"
+
+
 def test_a_429_falls_back_to_the_other_deployment(up: BFLStandIn, gateway: Running) -> None:
     up.script.append(Fault(429, {"detail": "You have reached the maximum of 24 active tasks."}))
     r = _post(gateway, {"model": "kontext-twice", "prompt": "x"})

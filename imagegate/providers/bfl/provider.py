@@ -118,12 +118,12 @@ class BFLProvider(JobProvider):
             if exc.param in origins:  # BFL's field name -> the client's
                 exc.param = origins[exc.param]
             raise
-        return Job(job_id, checked, cost_nusd=wire.credits_nusd(payload.get("cost")))
+        return Job(job_id, checked, cost_nusd=wire.credits_nusd(payload.get("cost"), self.name))
 
     async def poll(self, job: Job, deployment: Deployment) -> Poll:
         try:
-            async with self.exchange(self.build("GET", job.poll_url, deployment), deployment) as response:
-                payload = wire.parse_json(await self.read(response))
+            answer = await self.get_json(job.poll_url, deployment)
+            payload = answer if isinstance(answer, dict) else None
         except ImagegateError as exc:
             if 400 <= exc.status < 500 and exc.status not in _TRANSIENT_POLL:  # not the client's doing
                 raise UpstreamError(

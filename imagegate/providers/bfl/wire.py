@@ -30,7 +30,7 @@ from imagegate.contract.catalog import GENERATIONS, parse_size
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.errors import InvalidRequestError
 from imagegate.imaging.masks import inpaint_mask
-from imagegate.providers.http import ErrorFields, openai_error_fields
+from imagegate.providers.http import ErrorFields, invalid_response, openai_error_fields
 
 Family = Literal["kontext", "ultra", "fill", "sized"]
 
@@ -191,16 +191,21 @@ def parse_json(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def credits_nusd(cost: object) -> int | None:
-    """BFL's ``cost`` in credits as nano-dollars (None: not stated)."""
-    if isinstance(cost, bool) or not isinstance(cost, int | float | str):
+def credits_nusd(cost: object, provider: str) -> int | None:
+    """BFL's ``cost`` in credits as nano-dollars; None when the answer states
+    none (the catalog's price is the charge). A cost that is not a
+    non-negative number is a 502 ``invalid_upstream_response``: guessing
+    would charge the client a figure nobody stated."""
+    if cost is None:
         return None
-    try:
-        amount = Decimal(str(cost))
-    except InvalidOperation:
-        return None
-    if not amount.is_finite():
-        return None
+    amount = None
+    if isinstance(cost, int | float | str) and not isinstance(cost, bool):
+        try:
+            amount = Decimal(str(cost).strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise invalid_response(provider, f"a submission's cost is not a number of credits ({str(cost)[:40]!r})")
     return int((amount * NUSD_PER_CREDIT).to_integral_value())
 
 
