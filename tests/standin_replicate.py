@@ -41,7 +41,9 @@ Protocol, as Replicate documents it:
 * The models' input schemas and output shapes: the API pages of
   https://replicate.com/black-forest-labs/flux-schnell, ``/flux-dev``,
   ``/flux-1.1-pro`` and ``/flux-kontext-pro`` (``[uri]`` for schnell and
-  dev, one ``uri`` for the others).
+  dev, one ``uri`` for the others; ``output_quality``: "Quality when saving
+  the output images, from 0 to 100 ... Not relevant for .png outputs",
+  default 80, which the stand-in's JPEG and WebP files are saved at).
 
 Where the documents are silent the stand-in chooses, and says so: an input
 field the model's schema does not list is a 422 (``additional_property_not_allowed``,
@@ -405,7 +407,11 @@ class ReplicateStandIn(StandInServer[Received, Fault]):
     def _image(self, pred: Prediction, fmt: str, index: int) -> bytes:
         width, height = self._size(pred)
         buf = io.BytesIO()
-        Image.new("RGB", (width, height), (30 + 40 * index, 140, 90)).save(buf, _PIL_FORMAT[fmt])
+        # JPEG and WebP at output_quality, tagged (Exif Software) as the stand-in's: a re-encoding drops the tag
+        exif = Image.Exif()
+        exif[0x0131] = "replicate-standin"
+        extra: dict[str, Any] = {} if fmt == "png" else {"quality": int(pred.input.get("output_quality", 80)), "exif": exif}
+        Image.new("RGB", (width, height), (30 + 40 * index, 140, 90)).save(buf, _PIL_FORMAT[fmt], **extra)
         return buf.getvalue()
 
     def _size(self, pred: Prediction) -> tuple[int, int]:

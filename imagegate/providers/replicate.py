@@ -34,7 +34,9 @@ https://replicate.com/docs/topics/predictions/lifecycle, the
 becomes (``prompt``; ``n`` -> ``num_outputs``; ``size`` -> the nearest
 ``aspect_ratio`` or fitted ``width``/``height``; ``output_format``
 (``jpeg`` -> ``jpg``; png, the gateway's default answer, when none is asked,
-so that no lossy default is converted); ``output_compression`` -> ``output_quality``; an
+so that no lossy default is converted); ``output_compression`` ->
+``output_quality``, and the model's JPEG or WebP at the asked size is then
+returned as it is, not compressed again; an
 edit's image -> ``input_image``/``image`` as a ``data:`` URI). The built-in
 maps fit the FLUX models (:data:`BUILTIN_INPUTS`); the provider option
 ``inputs:`` gives a model id (or a shell pattern) its own, and a model with
@@ -61,9 +63,10 @@ import pybase64
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imagegate.contract.requests import ImageRequest, InputImage
-from imagegate.contract.results import Deployment
+from imagegate.contract.results import Deployment, GeneratedImage
 from imagegate.contract.rules import parse_size
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
+from imagegate.imaging.probe import ImageProbeError, probe
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import ErrorFields, invalid_response
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
@@ -389,6 +392,15 @@ class ReplicateProvider(JobProvider):
             return Poll("failed", "not found", error=gone)  # final: asking again would not bring it back
         return self._state(prediction, int(job.data.get("expect", 1)), deployment, synced=False)
 
+    async def _fetch(self, url: str, request: ImageRequest) -> GeneratedImage:
+        """The engine's download, marked ``compressed`` when the model already
+        applied the client's ``output_compression`` (``output_quality``) and
+        the gateway keeps the image as it is, so it is not compressed twice."""
+        image = await super()._fetch(url, request)
+        if _compressed_as_asked(image, request, self.context.max_image_pixels):
+            return GeneratedImage(image.data, image.format, compressed=True)
+        return image
+
     async def cancel(self, job: Job, deployment: Deployment) -> None:
         if job.cancel_url is None:
             return
@@ -456,6 +468,29 @@ class ReplicateProvider(JobProvider):
 
     def error_fields(self, body: bytes) -> ErrorFields | None:
         return replicate_error_fields(body)
+
+
+def _compressed_as_asked(image: GeneratedImage, request: ImageRequest, max_pixels: int) -> bool:
+    """Whether ``image`` is the model's answer to the client's
+    ``output_compression`` in the JPEG or WebP asked for, at the asked size.
+    A sent field reached the model's input or was a 400 (replicate_input),
+    so a sent ``output_compression`` the gateway does not keep for itself was
+    mapped. An image the gateway must resize or convert anyway is not marked:
+    that one re-encode applies the client's level."""
+    spec = request.spec
+    if request.output_compression is None or "output_compression" in spec.gateway_fields:
+        return False
+    asked = request.sent().get("output_format")
+    if asked not in ("jpeg", "webp") or image.format != asked:
+        return False
+    dims = parse_size(request.params.size) if request.params.size else None
+    if dims is None:
+        return True
+    try:
+        info = probe(image.data, max_pixels=max_pixels, verify=False)
+    except ImageProbeError:
+        return False
+    return (info.width, info.height) == dims
 
 
 def _prediction(provider: str, body: bytes) -> dict[str, Any]:

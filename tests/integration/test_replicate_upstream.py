@@ -10,6 +10,7 @@ Replicate's failures and errors are mapped."""
 from __future__ import annotations
 
 import base64
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from PIL import Image
 from standin_replicate import KEY, REQUIRED, SCHEMAS, Fault, ReplicateStandIn
 
 from support import SIGNING_KEY, Running, decode_b64, decode_bytes, make_image, standin_fixtures
@@ -116,6 +118,37 @@ def test_a_quick_model_answers_within_the_wait_and_is_never_polled(up: Replicate
         assert (img.format, img.size, img.mode) == ("JPEG", (1536, 1024), "RGB")
     assert raw.headers["x-imagegate-resized"] == "1216x832->1536x1024; crop"
     assert raw.headers["x-imagegate-cost-usd"] == "0.006000"  # 2 x $0.003: the catalog's price
+    # resized, so re-encoded once, at the client's level (not the encoder's default)
+    assert _quantization(base64.b64decode(result.data[0].b64_json)) == _quantization(_jpeg_at(70))
+
+
+@pytest.mark.parametrize("fmt,size", [("jpeg", "1024x1024"), ("jpeg", None), ("webp", "1024x1024")])
+def test_output_compression_applied_upstream_is_not_applied_again(
+    up: ReplicateStandIn, sdk: openai.OpenAI, fmt: str, size: str | None
+) -> None:
+    kwargs: dict[str, Any] = {"size": size} if size else {}
+    raw = sdk.images.with_raw_response.generate(model="flux-schnell", prompt="x", output_format=fmt,  # type: ignore[arg-type]
+                                                output_compression=40, response_format="b64_json", **kwargs)  # fmt: skip
+    assert _inputs(up)[0]["output_quality"] == 40
+    (served,) = up.served
+    if fmt == "jpeg":
+        assert _quantization(served) == _quantization(_jpeg_at(40))  # the model compressed it as asked
+    returned = base64.b64decode(raw.parse().data[0].b64_json)
+    assert returned == served  # the model's bytes, not compressed a second time
+    assert Image.open(io.BytesIO(returned)).getexif()[0x0131] == "replicate-standin"  # the stand-in's tag: never re-encoded
+    assert "x-imagegate-resized" not in raw.headers
+
+
+def _jpeg_at(quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _quantization(jpeg: bytes) -> dict[int, list[int]]:
+    img = Image.open(io.BytesIO(jpeg))
+    assert img.format == "JPEG"
+    return {k: list(v) for k, v in img.quantization.items()}  # type: ignore[attr-defined]
 
 
 def test_a_slow_prediction_is_polled_until_it_succeeds(up: ReplicateStandIn, sdk: openai.OpenAI) -> None:
