@@ -43,24 +43,22 @@ the charge. docs/upstreams/fal.md has the config and the field table.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import orjson
 import pybase64
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment
-from imagegate.contract.rules import parse_size
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.imaging.masks import inpaint_mask
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import ErrorFields, invalid_response
+from imagegate.providers.inputs_map import InputBody, InputsMap, inputs_for, nearest_ratio
 from imagegate.providers.job_hosts import vendor_poll_hosts
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
 from imagegate.providers.redact import redact_error
@@ -69,29 +67,20 @@ log = logging.getLogger("imagegate.providers.fal")
 
 # FLUX.1 Kontext's aspect ratios (fal-ai/flux-pro/kontext's input schema).
 KONTEXT_RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21")
-_RATIO = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?:[1-9][0-9]*(\.[0-9]+)?$")
 # owner/app[/path...]: the path of the submit URL, nothing else.
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
 _PENDING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
-# Fields the gateway implements itself and never sends: it hosts URLs
-# (response_format) and streams keep-alive progress (stream).
-_GATEWAY_OWN = frozenset({"model", "response_format", "stream"})
 _ANY_STATUS = range(100, 1000)
 # fal's queue host and its backup domain.
 FAL_QUEUE_HOSTS = ("queue.fal.run", "queue.falrun.com")
 
-Put = Callable[[str, Any, str], None]  # (fal field, value, the client field it came from)
 
-
-class FalInputs(BaseModel):
+class FalInputs(InputsMap):
     """Which fal input field each OpenAI field becomes, for one model (None:
     the model has no such input, and a request that sends the field is a 400
     naming it; for ``n``, the request takes ``n`` jobs). The defaults fit
     fal's FLUX text-to-image models."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str | None = "prompt"
     n: str | None = "num_images"  # fal makes n images in one request (None: n jobs of one image)
     # How `size` is sent: `image_size` as {"width", "height"}, or the nearest of
     # `aspect_ratios` in `aspect_ratio`.
@@ -101,14 +90,6 @@ class FalInputs(BaseModel):
     image: str | None = "image_url"  # an edit's one image, as a data: URI
     images: str | None = None  # an edit's images, a list of data: URIs (wins over `image`)
     mask: str | None = "mask_url"
-
-    @field_validator("aspect_ratios")
-    @classmethod
-    def _ratios(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [r for r in value if not _RATIO.match(r)]
-        if bad or not value:
-            raise ValueError(f"aspect ratios are W:H, e.g. 16:9 (not {bad[0] if bad else 'none'})")
-        return value
 
 
 # Built in, after the config's own (the first match wins): Kontext takes an
@@ -134,106 +115,39 @@ class FalOptions(JobOptions):
     inputs: dict[str, FalInputs] = Field(default_factory=dict)
 
 
-def ratio_value(name: str) -> float:
-    width, _, height = name.partition(":")
-    return float(width) / float(height)
-
-
-def nearest_ratio(width: int, height: int, ratios: tuple[str, ...]) -> str:
-    """The ratio of ``ratios`` nearest ``width:height`` on a log scale."""
-    asked = width / height
-    return min(ratios, key=lambda name: abs(math.log(asked / ratio_value(name))))
-
-
-def data_uri(image: InputImage) -> str:
-    """The image's exact bytes as a ``data:`` URI with its sniffed MIME type."""
-    return f"data:{image.info.mime_type};base64,{pybase64.b64encode(image.data).decode('ascii')}"
-
-
-def _unmapped(request: ImageRequest, name: str, what: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Model '{request.model}' does not take '{name}' on fal: {what}.",
-        param=name,
-        code="unsupported_parameter",
-    )
-
-
 def fal_input(request: ImageRequest, inputs: FalInputs) -> tuple[dict[str, Any], dict[str, str]]:
     """The model's input for ``request``, and which client field each input
     field came from (to name it in fal's errors). A field the mapping does
     not take is a 400 naming it."""
-    body: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-
-    def put(field: str, value: Any, client: str) -> None:
-        if field in body:
-            raise InvalidRequestError(
-                f"'{client}' and '{origin[field]}' both set fal's '{field}' for model '{request.model}': send one of them.",
-                param=client,
-                code="conflicting_parameters",
-            )
-        body[field] = value
-        origin[field] = client
-
-    simple = {"prompt": inputs.prompt, "n": inputs.n, "output_format": inputs.output_format}
-    for name, value in request.sent().items():
-        if name in _GATEWAY_OWN or name in request.extra or name == "size":
-            continue
-        target = simple.get(name)
-        if name == "n" and target is None:
-            continue  # a model without num_images: n jobs of one image (FalProvider.jobs_for)
-        if target is None:
-            raise _unmapped(request, name, "the deployment's input mapping has no fal field for it")
-        put(target, value, name)
-    if inputs.output_format is not None and "output_format" not in body and "output_format" in request.spec.accepts:
-        # The gateway's default (png, as OpenAI's) asked of fal, so its image needs no conversion.
-        formats = request.spec.output_formats
-        put(inputs.output_format, "png" if "png" in formats else formats[0], "output_format")
-    _size(request, inputs, put)
-    for name, value in request.extra.items():
-        put(name, value, name)
-    _images(request, inputs, put)
-    return body, origin
+    body = InputBody(request, "fal")
+    body.put_sent({"prompt": inputs.prompt, "n": inputs.n, "output_format": inputs.output_format}, {})
+    # The gateway's default (png, as OpenAI's) asked of fal, so its image needs no conversion.
+    body.put_default_format(inputs.output_format, {})
+    dims = body.asked_size(inputs.size is not None)
+    if dims is not None and inputs.size == "image_size":
+        body.put("image_size", {"width": dims[0], "height": dims[1]}, "size")
+    elif dims is not None:
+        body.put("aspect_ratio", nearest_ratio(*dims, inputs.aspect_ratios), "size")
+    body.put_extra()
+    body.put_images(inputs.image, inputs.images)
+    _mask(request, inputs, body)
+    return body.fields, body.origin
 
 
-def _size(request: ImageRequest, inputs: FalInputs, put: Put) -> None:
-    size = request.params.size
-    dims = parse_size(size) if size else None
-    if dims is None:  # no size, or auto: the model's own default
+def _mask(request: ImageRequest, inputs: FalInputs, body: InputBody) -> None:
+    if request.mask is None:
         return
-    if inputs.size is None:
-        raise _unmapped(request, "size", "the model's input has no size; send it without one")
-    if inputs.size == "image_size":
-        put("image_size", {"width": dims[0], "height": dims[1]}, "size")
-    else:
-        put("aspect_ratio", nearest_ratio(*dims, inputs.aspect_ratios), "size")
-
-
-def _images(request: ImageRequest, inputs: FalInputs, put: Put) -> None:
-    if request.images:
-        uris = [data_uri(image) for image in request.images]
-        if inputs.images is not None:
-            put(inputs.images, uris, "image")
-        elif inputs.image is not None and len(uris) == 1:
-            put(inputs.image, uris[0], "image")
-        elif inputs.image is not None:
-            raise InvalidRequestError(
-                f"Model '{request.model}' takes one input image on fal, not {len(uris)}.", param="image", code="too_many_images"
-            )
-        else:
-            raise _unmapped(request, "image", "the deployment's input mapping has no image field")
-    if request.mask is not None:
-        if inputs.mask is None:
-            raise InvalidRequestError(
-                f"Model '{request.model}' does not take a mask on fal; send the edit without one.",
-                param="mask",
-                code="unsupported_mask",
-            )
-        # OpenAI's mask (transparent = edit) as FLUX Fill's (white = inpaint, black = keep), the first image's size.
-        first = request.images[0] if request.images else None
-        size = (first.info.width, first.info.height) if first is not None else (request.mask.info.width, request.mask.info.height)
-        converted = pybase64.b64encode(inpaint_mask(request.mask.data, size, request.model)).decode("ascii")
-        put(inputs.mask, f"data:image/png;base64,{converted}", "mask")
+    if inputs.mask is None:
+        raise InvalidRequestError(
+            f"Model '{request.model}' does not take a mask on fal; send the edit without one.",
+            param="mask",
+            code="unsupported_mask",
+        )
+    # OpenAI's mask (transparent = edit) as FLUX Fill's (white = inpaint, black = keep), the first image's size.
+    first = request.images[0] if request.images else None
+    size = (first.info.width, first.info.height) if first is not None else (request.mask.info.width, request.mask.info.height)
+    converted = pybase64.b64encode(inpaint_mask(request.mask.data, size, request.model)).decode("ascii")
+    body.put(inputs.mask, f"data:image/png;base64,{converted}", "mask")
 
 
 def fal_error_fields(body: bytes) -> ErrorFields | None:
@@ -274,13 +188,7 @@ class FalProvider(JobProvider):
     def inputs_for(self, model: str) -> FalInputs:
         """The input mapping of the upstream model id ``model``: the config's
         (an exact id, then the first matching pattern), else the built-in one."""
-        for table in (self.options.inputs, BUILTIN_INPUTS):
-            if model in table:
-                return table[model]
-            for pattern, inputs in table.items():
-                if fnmatch.fnmatchcase(model, pattern):
-                    return inputs
-        return FalInputs()
+        return inputs_for(model, (self.options.inputs, BUILTIN_INPUTS), FalInputs())
 
     def jobs_for(self, request: ImageRequest, deployment: Deployment) -> int:
         """One job making ``n`` images (``num_images``), or ``n`` jobs of one

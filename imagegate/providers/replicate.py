@@ -51,24 +51,23 @@ has the config and the field table.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import orjson
-import pybase64
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, GeneratedImage
 from imagegate.contract.rules import parse_size
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from imagegate.imaging.probe import ImageProbeError, probe
 from imagegate.providers.base import ProviderOptions
 from imagegate.providers.http import ErrorFields, invalid_response
+from imagegate.providers.inputs_map import InputBody, InputsMap, inputs_for, nearest_ratio
 from imagegate.providers.jobs import Job, JobOptions, JobProvider, Poll
 from imagegate.providers.redact import redact_error
 
@@ -78,32 +77,23 @@ log = logging.getLogger("imagegate.providers.replicate")
 # schemas on replicate.com), and FLUX.1 Kontext's.
 FLUX_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 KONTEXT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9", "9:21", "2:1", "1:2")
-_RATIO = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?:[1-9][0-9]*(\.[0-9]+)?$")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # owner/name (an official model, or a model's latest version), owner/name:version, or a version id.
 _MODEL = re.compile(rf"^(?P<model>{_NAME}/{_NAME})(:(?P<version>[0-9a-f]{{64}}))?$|^(?P<bare>[0-9a-f]{{64}})$")
 _PENDING = frozenset({"starting", "processing"})
-# Fields the gateway implements itself and never sends: it hosts URLs
-# (response_format) and streams keep-alive progress (stream).
-_GATEWAY_OWN = frozenset({"model", "response_format", "stream"})
 # A failed prediction refused by a safety checker, in the words FLUX models use
 # ("NSFW content detected", "flagged as sensitive (E005)").
 _MODERATED = re.compile(r"nsfw|\bsensitive\b|\bflagged\b|\bE005\b|safety", re.IGNORECASE)
 _MESSAGE_CAP = 1000
 _MAX_WAIT = 60  # Prefer: wait=N takes 1 to 60 seconds
 
-Put = Callable[[str, Any, str], None]  # (input field, value, the client field it came from)
 
-
-class ReplicateInputs(BaseModel):
+class ReplicateInputs(InputsMap):
     """Which input field each OpenAI field becomes, for one model (None: the
     model has no such input, and a request that sends the field is a 400
     naming it). The defaults take the prompt only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str | None = "prompt"
-    n: str | None = None  # e.g. num_outputs: n images in one prediction; None: one prediction per image
+    # n, e.g. num_outputs: n images in one prediction; None: one prediction per image.
     # How `size` is sent: the nearest of `aspect_ratios` in `aspect_ratio`, or
     # `width`/`height` fitted within min_edge..max_edge in steps of multiple_of
     # (with aspect_ratio: custom_ratio, when the model needs it to read them).
@@ -113,18 +103,8 @@ class ReplicateInputs(BaseModel):
     multiple_of: int = Field(16, ge=1)
     min_edge: int = Field(256, ge=1)
     max_edge: int = Field(1440, ge=1)
-    output_format: str | None = None
     output_formats: dict[str, str] = {"jpeg": "jpg"}  # OpenAI's value -> the model's (others as they are)
     output_compression: str | None = None  # e.g. output_quality (0-100)
-    image: str | None = None  # an edit's one image, as a data: URI
-
-    @field_validator("aspect_ratios")
-    @classmethod
-    def _ratios(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [r for r in value if not _RATIO.match(r)]
-        if bad or not value:
-            raise ValueError(f"aspect ratios are W:H, e.g. 16:9 (not {bad[0] if bad else 'none'})")
-        return value
 
     @model_validator(mode="after")
     def _edges(self) -> ReplicateInputs:
@@ -167,17 +147,6 @@ class ReplicateOptions(JobOptions):
     inputs: dict[str, ReplicateInputs] = Field(default_factory=dict)
 
 
-def ratio_value(name: str) -> float:
-    width, _, height = name.partition(":")
-    return float(width) / float(height)
-
-
-def nearest_ratio(width: int, height: int, ratios: Sequence[str]) -> str:
-    """The ratio of ``ratios`` nearest ``width:height`` on a log scale."""
-    asked = width / height
-    return min(ratios, key=lambda name: abs(math.log(asked / ratio_value(name))))
-
-
 def fit(width: int, height: int, inputs: ReplicateInputs) -> tuple[int, int]:
     """``width`` x ``height`` scaled (keeping its ratio where the edges allow)
     to within ``min_edge``..``max_edge``, in steps of ``multiple_of``: what
@@ -193,95 +162,38 @@ def fit(width: int, height: int, inputs: ReplicateInputs) -> tuple[int, int]:
     return edge(width), edge(height)
 
 
-def data_uri(image: InputImage) -> str:
-    """The image's exact bytes as a ``data:`` URI with its sniffed MIME type."""
-    return f"data:{image.info.mime_type};base64,{pybase64.b64encode(image.data).decode('ascii')}"
-
-
-def _unmapped(request: ImageRequest, name: str, what: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Model '{request.model}' does not take '{name}' on Replicate: {what}.", param=name, code="unsupported_parameter"
-    )
-
-
 def replicate_input(request: ImageRequest, inputs: ReplicateInputs) -> tuple[dict[str, Any], dict[str, str]]:
     """The model's input for ``request``, and which client field each input
     field came from (to name it in Replicate's errors). A field the mapping
     does not take is a 400 naming it."""
-    body: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-
-    def put(field: str, value: Any, client: str) -> None:
-        if field in body:
-            raise InvalidRequestError(
-                f"'{client}' and '{origin[field]}' both set Replicate's '{field}' for model '{request.model}': send one of them.",
-                param=client,
-                code="conflicting_parameters",
-            )
-        body[field] = value
-        origin[field] = client
-
-    spec = request.spec
-    for name, value in request.params.model_dump(exclude_none=True, exclude_unset=True).items():
-        if name in _GATEWAY_OWN or name in spec.gateway_fields or name == "size":
-            continue
-        if name == "output_format" and inputs.output_format is not None:
-            put(inputs.output_format, inputs.output_formats.get(value, value), name)
-            continue
-        target = {"prompt": inputs.prompt, "n": inputs.n, "output_compression": inputs.output_compression}.get(name)
-        if target is not None:
-            put(target, value, name)
-        elif name != "n":  # without an n field, the engine runs one prediction per image
-            raise _unmapped(request, name, "the deployment's input mapping has no input field for it")
-    fmt = inputs.output_format
-    asked = fmt is not None and (fmt in body or fmt in request.extra)
-    if fmt is not None and not asked and "output_format" in spec.accepts and "output_format" not in spec.gateway_fields:
-        # The gateway answers png when no format is asked (OpenAI's default):
-        # ask the model for it rather than convert its lossy default (webp).
-        default = "png" if "png" in spec.output_formats else spec.output_formats[0]
-        put(fmt, inputs.output_formats.get(default, default), "output_format")
-    _size(request, inputs, put)
-    for name, value in request.extra.items():
-        put(name, value, name)
-    _images(request, inputs, put)
-    return body, origin
-
-
-def _size(request: ImageRequest, inputs: ReplicateInputs, put: Put) -> None:
-    size = request.params.size
-    dims = parse_size(size) if size else None
-    if dims is None:  # no size, or auto: the model's own default
-        return
-    if inputs.size is None:
-        raise _unmapped(request, "size", "the model's input has no size; send it without one")
-    if inputs.size == "aspect_ratio":
-        put("aspect_ratio", nearest_ratio(*dims, inputs.aspect_ratios), "size")
-        return
-    if inputs.custom_ratio is not None:
-        put("aspect_ratio", inputs.custom_ratio, "size")
-    width, height = fit(*dims, inputs)
-    put("width", width, "size")
-    put("height", height, "size")
-
-
-def _images(request: ImageRequest, inputs: ReplicateInputs, put: Put) -> None:
+    body = InputBody(request, "Replicate")
+    targets = {
+        "prompt": inputs.prompt,
+        "n": inputs.n,
+        "output_format": inputs.output_format,
+        "output_compression": inputs.output_compression,
+    }
+    body.put_sent(targets, inputs.output_formats)
+    # png, not the model's lossy default (webp), when no format is asked.
+    body.put_default_format(inputs.output_format, inputs.output_formats)
+    dims = body.asked_size(inputs.size is not None)
+    if dims is not None and inputs.size == "aspect_ratio":
+        body.put("aspect_ratio", nearest_ratio(*dims, inputs.aspect_ratios), "size")
+    elif dims is not None:
+        if inputs.custom_ratio is not None:
+            body.put("aspect_ratio", inputs.custom_ratio, "size")
+        width, height = fit(*dims, inputs)
+        body.put("width", width, "size")
+        body.put("height", height, "size")
+    body.put_extra()
     if request.mask is not None:
         raise InvalidRequestError(
             f"Model '{request.model}' does not take a mask on Replicate; send the edit without one.",
             param="mask",
             code="unsupported_mask",
         )
-    if not request.images:
-        return
-    if inputs.image is None:
-        raise _unmapped(request, "image", "the deployment's input mapping has no image field")
-    if len(request.images) > 1:
-        raise InvalidRequestError(
-            f"Model '{request.model}' takes one input image on Replicate, not {len(request.images)}.",
-            param="image",
-            code="too_many_images",
-        )
-    put(inputs.image, data_uri(request.images[0]), "image")
+    body.put_images(inputs.image)
+    return body.fields, body.origin
 
 
 def replicate_error_fields(body: bytes) -> ErrorFields | None:
@@ -329,13 +241,7 @@ class ReplicateProvider(JobProvider):
         pattern), else the built-in one, else the prompt only."""
         match = _MODEL.match(model)
         name = (match.group("model") or model) if match else model
-        for table in (self.options.inputs, BUILTIN_INPUTS):
-            if name in table:
-                return table[name]
-            for pattern, inputs in table.items():
-                if fnmatch.fnmatchcase(name, pattern):
-                    return inputs
-        return ReplicateInputs()
+        return inputs_for(name, (self.options.inputs, BUILTIN_INPUTS), ReplicateInputs())
 
     def jobs_for(self, request: ImageRequest, deployment: Deployment) -> int:
         return 1 if self.inputs_for(deployment.model).n is not None else request.n
