@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar
 
 import orjson
+import pybase64
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.contract.catalog import ModelSpec
@@ -107,6 +108,14 @@ class InputImage:
     data: bytes
     info: ImageInfo
     field: str  # the request field it came from, e.g. "image[1]" or "mask"
+
+    def b64(self) -> str:
+        """The exact bytes in base64 (for upstreams that take images inline)."""
+        return pybase64.b64encode(self.data).decode("ascii")
+
+    def data_uri(self) -> str:
+        """The exact bytes as a ``data:`` URI with the sniffed MIME type (lower case)."""
+        return f"data:{self.info.mime_type};base64,{self.b64()}"
 
 
 @dataclass(frozen=True, slots=True)

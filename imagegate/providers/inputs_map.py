@@ -17,10 +17,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import pybase64
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.requests import ImageRequest
 from imagegate.contract.rules import parse_size
 from imagegate.errors import InvalidRequestError
 
@@ -77,11 +76,6 @@ def nearest_ratio(width: int, height: int, ratios: Sequence[str]) -> str:
     """The ratio of ``ratios`` nearest ``width:height`` on a log scale."""
     asked = width / height
     return min(ratios, key=lambda name: abs(math.log(asked / ratio_value(name))))
-
-
-def data_uri(image: InputImage) -> str:
-    """The image's exact bytes as a ``data:`` URI with its sniffed MIME type."""
-    return f"data:{image.info.mime_type};base64,{pybase64.b64encode(image.data).decode('ascii')}"
 
 
 class InputBody:
@@ -158,7 +152,7 @@ class InputBody:
         request = self.request
         if not request.images:
             return
-        uris = [data_uri(item) for item in request.images]
+        uris = [item.data_uri() for item in request.images]
         if images is not None:
             self.put(images, uris, "image")
         elif image is None:
@@ -173,4 +167,4 @@ class InputBody:
             self.put(image, uris[0], "image")
 
 
-__all__ = ["GATEWAY_OWN", "InputBody", "InputsMap", "data_uri", "inputs_for", "nearest_ratio", "ratio_value"]
+__all__ = ["GATEWAY_OWN", "InputBody", "InputsMap", "inputs_for", "nearest_ratio", "ratio_value"]

@@ -116,13 +116,8 @@ def _shape_fields(request: ImageRequest) -> dict[str, Any]:
     return dict(zip(_SHAPE_FIELDS, shape, strict=True))
 
 
-def data_uri(image: InputImage) -> str:
-    """The image's exact bytes as a ``data:`` URI with its sniffed MIME type."""
-    return f"data:{image.info.mime_type};base64,{pybase64.b64encode(image.data).decode('ascii')}"
-
-
 def _image_ref(image: InputImage) -> dict[str, str]:
-    return {"url": data_uri(image), "type": "image_url"}
+    return {"url": image.data_uri(), "type": "image_url"}
 
 
 def request_body(request: ImageRequest, upstream_model: str) -> dict[str, Any]:
@@ -260,4 +255,4 @@ class XAIProvider(OpenAIProvider):
         return super().error_from(status, body, headers)
 
 
-__all__ = ["ASPECT_RATIOS", "RESOLUTIONS", "XAIOptions", "XAIProvider", "data_uri", "request_body", "shape_for"]
+__all__ = ["ASPECT_RATIOS", "RESOLUTIONS", "XAIOptions", "XAIProvider", "request_body", "shape_for"]

@@ -27,7 +27,7 @@ import orjson
 import pybase64
 
 from imagegate.contract.catalog import GENERATIONS, parse_size
-from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.requests import ImageRequest
 from imagegate.errors import InvalidRequestError
 from imagegate.imaging.masks import inpaint_mask
 from imagegate.providers.http import ErrorFields, invalid_response, openai_error_fields
@@ -77,11 +77,6 @@ def _checked_ratio(value: object, model: str) -> None:
             param="aspect_ratio",
             code="invalid_value",
         )
-
-
-def b64(image: InputImage) -> str:
-    """The image's exact bytes in base64 (BFL takes base64 or a URL)."""
-    return pybase64.b64encode(image.data).decode("ascii")
 
 
 def _unsupported(name: str, model: str) -> InvalidRequestError:
@@ -146,7 +141,7 @@ def _images(request: ImageRequest, kind: Family, origins: dict[str, str]) -> dic
         return {}
     if kind == "fill":
         image = request.images[0]
-        out: dict[str, Any] = {"image": b64(image)}
+        out: dict[str, Any] = {"image": image.b64()}
         origins["image"] = "image"
         if request.mask is not None:
             mask = inpaint_mask(request.mask.data, (image.info.width, image.info.height), request.model)
@@ -175,7 +170,7 @@ def _images(request: ImageRequest, kind: Family, origins: dict[str, str]) -> dic
     out = {}
     for i, image in enumerate(request.images):
         name = "input_image" if i == 0 else f"input_image_{i + 1}"
-        out[name] = b64(image)
+        out[name] = image.b64()  # BFL takes base64 or a URL
         origins[name] = "image"
     return out
 

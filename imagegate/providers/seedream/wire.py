@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pybase64
 
-from imagegate.contract.requests import ImageRequest, InputImage
+from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import ImageMeta, Usage
 from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.providers.http import ErrorFields, error_object, invalid_response
@@ -66,11 +65,6 @@ _OURS = {
 _POLICY_MARKERS = ("SensitiveContentDetected", "RiskDetection", "PolicyViolation")
 
 
-def data_uri(image: InputImage) -> str:
-    """``data:image/<format>;base64,<bytes>``: Ark wants the format in lowercase."""
-    return f"data:{image.info.mime_type.lower()};base64,{pybase64.b64encode(image.data).decode('ascii')}"
-
-
 def body(request: ImageRequest, upstream_model: str, *, watermark: bool) -> bytes:
     """The Ark request body for ``request`` (see the module's doc)."""
     out: dict[str, Any] = {"model": upstream_model}
@@ -97,7 +91,7 @@ def body(request: ImageRequest, upstream_model: str, *, watermark: bool) -> byte
             f"Model '{request.model}' takes no mask (Ark has none).", param="mask", code="unsupported_parameter"
         )
     if request.images:
-        uris = [data_uri(image) for image in request.images]
+        uris = [image.data_uri() for image in request.images]  # lower-case MIME types, as Ark wants
         out["image"] = uris[0] if len(uris) == 1 else uris
     if request.n > 1:
         if len(request.images) + request.n > MAX_IMAGES_PER_CALL:
