@@ -37,11 +37,18 @@ def inpaint_mask(mask: bytes, image_size: tuple[int, int], model: str) -> bytes:
                 param="mask",
                 code="invalid_mask",
             )
-        alpha = src.convert("RGBA").getchannel("A")
-    white = alpha.point(lambda a: 255 if a == 0 else 0)
+        return white_where_transparent(src)
+
+
+def white_where_transparent(mask: Image.Image) -> bytes:
+    """A grayscale ("L") PNG: white (255) where ``mask`` is fully
+    transparent (OpenAI's "edit here"), black elsewhere: the convention of
+    FLUX Fill and of Recraft's inpainting."""
+    alpha = (mask if mask.mode == "RGBA" else mask.convert("RGBA")).getchannel("A")
+    white = alpha.point([255] + [0] * 255)
     out = io.BytesIO()
     white.save(out, "PNG")
     return out.getvalue()
 
 
-__all__ = ["inpaint_mask"]
+__all__ = ["inpaint_mask", "white_where_transparent"]

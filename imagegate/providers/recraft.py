@@ -42,17 +42,16 @@ credential problem: 502, as for every hosted provider).
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import orjson
 import pybase64
-from PIL import Image
 
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, GeneratedImage, ProviderResult, StreamItem
 from imagegate.errors import InvalidRequestError
+from imagegate.imaging.masks import white_where_transparent
 from imagegate.imaging.probe import decode, is_svg, sniff_format
 from imagegate.providers.base import Provider
 from imagegate.providers.http import ErrorFields, invalid_response, openai_error_fields
@@ -242,9 +241,4 @@ def _multipart(fields: dict[str, Any]) -> tuple[dict[str, str], list[tuple[str, 
 def recraft_mask(mask: bytes, max_pixels: int) -> bytes:
     """An OpenAI mask (fully transparent = edit here) as Recraft's: grayscale,
     white (255) where the image is regenerated, black (0) elsewhere."""
-    img = decode(mask, max_pixels=max_pixels)
-    alpha = (img if img.mode == "RGBA" else img.convert("RGBA")).getchannel("A")
-    out: Image.Image = alpha.point([255] + [0] * 255)
-    buf = io.BytesIO()
-    out.save(buf, "PNG")
-    return buf.getvalue()
+    return white_where_transparent(decode(mask, max_pixels=max_pixels))
