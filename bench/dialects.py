@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +46,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_seconds, free_port, wait_up  # noqa: E402
+from overhead import cpu_seconds, free_port, stop, wait_up, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = "sk-bench-static-key-0123456789"
@@ -68,33 +66,6 @@ CASES = [
 
 def body(model: str, extra: dict) -> dict:
     return {"model": model, "prompt": PROMPT, "size": SIZE, **extra}
-
-
-def wrk(url: str, payload: dict, secret: str | None, seconds: float, connections: int, tmp: Path) -> dict[str, float]:
-    script = tmp / "post.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = '{json.dumps(payload)}'", 'wrk.headers["Content-Type"] = "application/json"']
-    if secret:
-        lines.append(f'wrk.headers["Authorization"] = "Bearer {secret}"')
-    script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    ).stdout  # fmt: skip
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise RuntimeError(f"{bad.group(1)} failed requests:\n{out}")
-
-    def ms(label: str) -> float:
-        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
-        assert m, out
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    return {
-        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": ms("50%"),
-        "p99": ms("99%"),
-    }
 
 
 def gateway_config(tmp: Path, up: str) -> dict:
@@ -190,13 +161,7 @@ def main() -> None:
                       f"CPU/req {cpu - base[2]:+.2f} ms")  # fmt: skip
             check(f"http://127.0.0.1:{gw_port}")
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_seconds, free_port, wait_up  # noqa: E402
+from overhead import cpu_seconds, free_port, rss_mb, stop, wait_up  # noqa: E402
 
 from imagegate.providers import registry  # noqa: E402
 from imagegate.providers.jobs import JobOptions  # noqa: E402
@@ -201,14 +201,6 @@ def spread(values: list[float]) -> str:
     return f"{values[len(values) // 2]:.1f} / {values[-1]:.1f}" if values else "-"
 
 
-def vm(pid: int, field: str) -> float:
-    """A /proc/<pid>/status memory figure (VmRSS, VmHWM) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def gateway_config(tmp: Path, up: str, provider: str, polling: dict[str, float]) -> dict:
     return {
         "server": {
@@ -274,11 +266,11 @@ def main() -> None:
             idle_cpu0, idle_t0 = cpu_seconds(gateway.pid), time.monotonic()
             time.sleep(opts.pending_seconds)
             idle_pct = (cpu_seconds(gateway.pid) - idle_cpu0) / (time.monotonic() - idle_t0) * 100
-            idle_rss = vm(gateway.pid, "VmRSS")
+            idle_rss = rss_mb(gateway.pid, "VmRSS")
 
             run = asyncio.run(drive(gw, up, opts.jobs, opts.pending_seconds, gateway.pid))
             good, failures = check(run["answers"])
-            hwm = vm(gateway.pid, "VmHWM")
+            hwm = rss_mb(gateway.pid, "VmHWM")
             w, stats = run["window"], run["stats"]
             span = w["t1"] - w["t0"]
             cpu = w["cpu1"] - w["cpu0"]
@@ -311,13 +303,7 @@ def main() -> None:
             if good != opts.jobs:
                 sys.exit(f"FAILED: {opts.jobs - good} requests did not answer 200 with a PNG; first: {failures}")
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(procs)
 
 
 if __name__ == "__main__":

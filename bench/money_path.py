@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +40,8 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_seconds, free_port, wait_up  # noqa: E402
+import overhead  # noqa: E402
+from overhead import cpu_seconds, free_port, stop, wait_up  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "bench-master-key-0123456789abcdef"
@@ -50,30 +50,7 @@ BODY = {"model": "gpt-image-1", "prompt": "a lighthouse", "size": "1024x1024", "
 
 
 def wrk(url: str, secret: str | None, seconds: float, connections: int, tmp: Path) -> dict[str, float]:
-    script = tmp / "post.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = '{json.dumps(BODY)}'", 'wrk.headers["Content-Type"] = "application/json"']
-    if secret:
-        lines.append(f'wrk.headers["Authorization"] = "Bearer {secret}"')
-    script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    ).stdout  # fmt: skip
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise RuntimeError(f"{bad.group(1)} failed requests:\n{out}")
-
-    def ms(label: str) -> float:
-        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
-        assert m, out
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    return {
-        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": ms("50%"),
-        "p99": ms("99%"),
-    }
+    return overhead.wrk(url, BODY, secret, seconds, connections, tmp)
 
 
 def cli(config: Path, *args: str) -> str:
@@ -156,13 +133,7 @@ def main() -> None:
             if Decimal(view["spent_usd"]) != charged or Decimal(view["reserved_usd"]) != 0:
                 sys.exit("MISMATCH: spend and usage disagree, or a reservation was left behind")
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(procs)
 
 
 if __name__ == "__main__":

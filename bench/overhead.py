@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -112,6 +114,45 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, payload: dict, secret: str | None, seconds: float, connections: int, tmp: Path) -> dict[str, float]:
+    """POST ``payload`` to ``url`` with wrk (a Bearer ``secret`` if given): requests, req/s, p50 and p99 in ms."""
+    script = tmp / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = '{json.dumps(payload)}'", 'wrk.headers["Content-Type"] = "application/json"']
+    if secret:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {secret}"')
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    ).stdout  # fmt: skip
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise RuntimeError(f"{bad.group(1)} failed requests:\n{out}")
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": ms("50%"),
+        "p99": ms("99%"),
+    }
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes a benchmark started, then kill what lingers."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def measured(pids: dict[str, int], fn) -> tuple[dict, dict[str, float]]:
