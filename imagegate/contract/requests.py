@@ -179,7 +179,10 @@ class ImageRequest:
 
     @property
     def output_format(self) -> str:
-        return str(self._get("output_format") or "png")
+        """The client's output_format; else png (OpenAI's default), or the
+        model's own first format where it makes no png (an svg-only model)."""
+        formats = self.spec.output_formats
+        return str(self._get("output_format") or ("png" if "png" in formats else formats[0]))
 
     @property
     def output_compression(self) -> int | None:

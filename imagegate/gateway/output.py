@@ -83,16 +83,9 @@ class Shaped:
         return f"{self.width}x{self.height}"
 
 
-def _asked_format(request: ImageRequest) -> str:
-    """The client's output_format; else png, or the model's own format where
-    it makes no png (svg)."""
-    formats = request.spec.output_formats
-    return getattr(request.params, "output_format", None) or ("png" if "png" in formats else formats[0])
-
-
 def _target(request: ImageRequest, image: GeneratedImage, policy: ResizePolicy) -> Target:
     accepts_format = "output_format" in request.spec.accepts
-    fmt = _asked_format(request) if accepts_format else (image.format if image.format in RASTER else "png")
+    fmt = request.output_format if accepts_format else (image.format if image.format in RASTER else "png")
     compression = None if image.compressed else request.output_compression
     # Padding is transparent where the answer can carry alpha and the client did not ask for opaque.
     clear = fmt in ("png", "webp") and request.background != "opaque"

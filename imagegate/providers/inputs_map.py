@@ -129,7 +129,7 @@ class InputBody:
         if field is None or field in self.fields or field in self.request.extra:
             return
         if "output_format" in spec.accepts and "output_format" not in spec.gateway_fields:
-            default = "png" if "png" in spec.output_formats else spec.output_formats[0]
+            default = self.request.output_format  # not sent: the gateway's default for this model
             self.put(field, formats.get(default, default), "output_format")
 
     def asked_size(self, mapped: bool) -> tuple[int, int] | None:
