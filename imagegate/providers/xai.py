@@ -48,13 +48,11 @@ from typing import Any, ClassVar
 
 import httpx
 import orjson
-import pybase64
 
 from imagegate.contract.catalog import GENERATIONS, ModelSpec, parse_size
 from imagegate.contract.requests import ImageRequest, InputImage
 from imagegate.contract.results import Deployment, GeneratedImage, ProviderResult, StreamItem
 from imagegate.errors import ImagegateError, InvalidRequestError
-from imagegate.imaging.probe import sniff_format
 from imagegate.providers.base import Provider
 from imagegate.providers.http import ErrorFields, invalid_response, openai_error_fields
 from imagegate.providers.openai import wire
@@ -200,31 +198,12 @@ class XAIProvider(OpenAIProvider):
             yield event
 
     async def _image(self, request: ImageRequest, item: dict[str, Any]) -> GeneratedImage:
-        revised = item.get("revised_prompt")
-        revised = revised if isinstance(revised, str) and revised else None
+        """The openai dialect's, tolerating a ``data:`` URI in ``b64_json``
+        (xAI's gRPC API sends one)."""
         b64 = item.get("b64_json")
-        if isinstance(b64, str) and b64:
-            return self._decode(b64, revised)
-        url = item.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise invalid_response(self.name, "an image has neither b64_json nor an http(s) url")
-        return self._generated(await self.download(url), None, revised)
-
-    def _decode(self, b64: str, revised: str | None) -> GeneratedImage:
-        if b64.startswith("data:"):  # tolerate a data URI (xAI's gRPC API sends one)
-            _, _, b64 = b64.partition("base64,")
-        try:
-            data = pybase64.b64decode(b64, validate=True)
-        except ValueError:  # binascii.Error is a ValueError
-            raise invalid_response(self.name, "an image's b64_json is not valid base64") from None
-        return self._generated(data, b64, revised)
-
-    def _generated(self, data: bytes, b64: str | None, revised: str | None) -> GeneratedImage:
-        fmt = sniff_format(data[:64])
-        if fmt is None:
-            raise invalid_response(self.name, "an image is not PNG, JPEG or WebP")
-        # compressed=False: xAI applies no output_compression; the gateway does.
-        return GeneratedImage(data, fmt, b64=b64, revised_prompt=revised)
+        if isinstance(b64, str) and b64.startswith("data:"):
+            item = {**item, "b64_json": b64.partition("base64,")[2]}
+        return await super()._image(request, item)
 
     # -- error answers -----------------------------------------------------
 
