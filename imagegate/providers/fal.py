@@ -226,8 +226,7 @@ class FalProvider(JobProvider):
         )
 
     async def poll(self, job: Job, deployment: Deployment) -> Poll:
-        async with self.exchange(self.build("GET", job.poll_url, deployment), deployment, ok=(200, 202)) as response:
-            payload = _json(self.name, await self.read(response))
+        payload = _object(self.name, await self.get_json(job.poll_url, deployment, ok=(200, 202)))
         status = payload.get("status")
         if status in _PENDING:
             position = payload.get("queue_position")
@@ -305,6 +304,10 @@ def _json(provider: str, body: bytes) -> dict[str, Any]:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise invalid_response(provider, "the answer is not JSON") from None
+    return _object(provider, payload)
+
+
+def _object(provider: str, payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise invalid_response(provider, "the answer is not a JSON object")
     return payload

@@ -58,7 +58,7 @@ import contextlib
 import fnmatch
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import SplitResult, urlsplit
@@ -313,7 +313,7 @@ class JobProvider(HostedProvider):
 
     # -- the poll path --------------------------------------------------------------
 
-    async def get_json(self, url: str, deployment: Deployment) -> Any:
+    async def get_json(self, url: str, deployment: Deployment, ok: Container[int] = (200,)) -> Any:
         """GET a checked poll URL (``checked_url``) with the credential and
         return its JSON: the hottest path of a job provider, so it goes
         straight to the provider's pooled aiohttp session (httpx's request
@@ -337,7 +337,7 @@ class JobProvider(HostedProvider):
                 body = await _capped(answer, POLL_MAX_BYTES)
                 if body is None:
                     raise invalid_response(self.name, f"a poll's answer is larger than {POLL_MAX_BYTES} bytes")
-                if answer.status != 200:
+                if answer.status not in ok:
                     raise self.error_from(answer.status, body, answer.headers)
         except ImagegateError as exc:
             raise redact_error(exc, self.secrets(deployment)) from None

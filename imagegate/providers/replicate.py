@@ -288,8 +288,7 @@ class ReplicateProvider(JobProvider):
 
     async def poll(self, job: Job, deployment: Deployment) -> Poll:
         try:
-            async with self.exchange(self.build("GET", job.poll_url, deployment), deployment) as response:
-                prediction = _prediction(self.name, await self.read(response))
+            prediction = _checked_prediction(self.name, await self.get_json(job.poll_url, deployment))
         except ImagegateError as exc:
             if exc.status != 404:
                 raise
@@ -405,6 +404,11 @@ def _prediction(provider: str, body: bytes) -> dict[str, Any]:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise invalid_response(provider, "the answer is not JSON") from None
+    return _checked_prediction(provider, payload)
+
+
+def _checked_prediction(provider: str, payload: Any) -> dict[str, Any]:
+    """A parsed prediction, its id, status and urls checked."""
     if not isinstance(payload, dict):
         raise invalid_response(provider, "the answer is not a JSON object")
     if not isinstance(payload.get("id"), str) or not payload["id"] or not isinstance(payload.get("status"), str):
