@@ -278,7 +278,8 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     """An upper bound of what the request can be billed, reserved at
     admission. For token prices: the most output tokens the model produces
     at the asked size at *any* quality (an upstream may bill ``high`` when
-    ``low`` was asked), every partial image, one token per prompt byte and
+    ``low`` was asked) or the model's ``max_output_tokens`` (the cap its
+    provider sends: text and thinking included), every partial image, one token per prompt byte and
     the input-image bound and an allowance for input overhead, all at the
     dearest rates."""
     if price is None:
@@ -288,8 +289,12 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         return n * _per_image_most(price, request.quality, request.size) + price.per_input * len(request.images)
     if isinstance(price, PerMegapixel):  # each image (each upstream job) pays for its inputs too
         return n * (_megapixel_output_most(price, request.size, bound_sizes(request.spec)) + price.inputs(request.images))
-    out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
-    out += PARTIAL_IMAGE_TOKENS * request.partial_images
+    cap = request.spec.max_output_tokens  # the provider caps each call's output there
+    if cap is not None:
+        out = cap
+    else:
+        out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
+        out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
     overhead = INPUT_OVERHEAD_TOKENS * max(price.text_input, price.image_input)

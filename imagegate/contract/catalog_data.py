@@ -4,7 +4,7 @@ Entries ship as YAML files in the package (``imagegate/catalog/*.yaml``, one
 ``models:`` mapping per file, one entry per model) and come from the user's
 config (``catalog:``), in the same schema. An entry may ``extends:`` another
 (shipped or from the config): it inherits every key it does not give
-(``extra_fields`` merge by name; ``abstract``, ``source`` and ``retired`` are
+(``extra_fields`` and ``wire`` merge by name; ``abstract``, ``source`` and ``retired`` are
 facts about one name and are never inherited). A config entry with the name
 of a shipped one changes only the keys it gives. Every problem is a
 :class:`ConfigError` naming the entry and key, at start and in
@@ -181,6 +181,15 @@ class EntryConfig(_Strict):
     # Fields the gateway implements itself and never sends upstream: only
     # those it can (hosting URLs, converting formats).
     gateway_fields: list[Literal["response_format", "output_format", "output_compression"]] | None = None
+    # The most output tokens (text, thinking and image together) one upstream
+    # call may produce: a token-priced provider that can cap its upstream's
+    # output (Gemini's maxOutputTokens) sends it, and each image's reservation
+    # is this many tokens at the dearest output rate, a true upper bound.
+    max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    # How the model's provider calls it (the upstream method, the aspect
+    # ratios and resolutions it takes, an endpoint path): facts its provider
+    # reads and checks when a route names it (Provider.check_route).
+    wire: dict[str, Any] | None = None
     price: PriceConfig | None = None
 
     @model_validator(mode="after")
@@ -304,10 +313,11 @@ def _flatten(name: str, raw: Mapping[str, RawEntry], trail: tuple[str, ...] = ()
     if parent in trail or parent == name:
         raise ConfigError(f"{_where(name, entry)}.extends: the chain {' -> '.join((*trail, name, parent))} loops")
     inherited = {k: v for k, v in _flatten(parent, raw, (*trail, name)).items() if k not in _OWN_KEYS}
-    fields = {**(inherited.get("extra_fields") or {}), **(own.get("extra_fields") or {})}
     merged = {**inherited, **own}
-    if fields:
-        merged["extra_fields"] = fields
+    for key in ("extra_fields", "wire"):
+        by_name = {**(inherited.get(key) or {}), **(own.get(key) or {})}
+        if by_name:
+            merged[key] = by_name
     return merged
 
 
@@ -399,6 +409,8 @@ def _spec(name: str, cfg: EntryConfig, *, partial: bool) -> ModelSpec:
         output_formats=tuple(cfg.output_formats or ("png", "jpeg", "webp")),
         unknown_fields=cfg.unknown_fields or "reject",
         retired=cfg.retired,
+        max_output_tokens=cfg.max_output_tokens,
+        wire=dict(cfg.wire or {}),
     )
     if not partial:
         if (why := spec.allows_size(default_size)) and default_size != "auto":

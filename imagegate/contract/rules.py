@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from imagegate.contract.fields import FieldSpec
 
@@ -129,6 +129,12 @@ class ModelSpec:
     # the public or upstream name's own entry, or the provider's fallback
     # rules (never a price: those entries describe no one model).
     rules_from: Literal["rules", "name", "provider"] = "name"
+    # The most output tokens one upstream call may produce, which the provider
+    # sends as its upstream's cap (catalog key max_output_tokens); None: no cap.
+    max_output_tokens: int | None = None
+    # Provider-specific facts about calling the model (catalog key wire);
+    # the provider checks them (Provider.check_route).
+    wire: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # An entry may give an optional spec field it does not take its
@@ -140,6 +146,7 @@ class ModelSpec:
         if shadowed:
             raise ValueError(f"{self.name}: extra_fields may not redefine spec fields ({', '.join(sorted(shadowed))})")
         object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))
+        object.__setattr__(self, "wire", MappingProxyType(dict(self.wire)))
         # Names outside the spec come from extra_fields alone (so a copy made
         # with dataclasses.replace(spec, extra_fields=...) takes exactly those).
         object.__setattr__(self, "accepts", (self.accepts & SPEC_OPTIONAL_FIELDS) | frozenset(self.extra_fields))

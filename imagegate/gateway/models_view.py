@@ -74,6 +74,8 @@ def rules_view(spec: ModelSpec) -> dict[str, Any]:
         "unknown_fields": spec.unknown_fields,
         "masks": spec.masks,
         "max_input_images": spec.edit_input.max_images if spec.edit_input else None,
+        "max_output_tokens": spec.max_output_tokens,
+        "wire": dict(spec.wire),
     }
 
 

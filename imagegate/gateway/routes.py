@@ -38,7 +38,7 @@ def rules_for(settings: Settings, name: str, entries: Catalog | None = None) -> 
         spec = entries.lookup(route.rules)
         if spec is None:
             raise ConfigError(f"models.{name}.rules: no catalog entry {route.rules!r} (known: {', '.join(entries.names())})")
-        return _unknown_fields(settings, name, replace(spec, rules_from="rules"))
+        return _checked(settings, name, _unknown_fields(settings, name, replace(spec, rules_from="rules")))
     first = route.deployments[0]
     spec = entries.lookup(name) or entries.lookup(first.model)
     if spec is None:
@@ -55,7 +55,19 @@ def rules_for(settings: Settings, name: str, entries: Catalog | None = None) -> 
             spec = replace(spec, rules_from="provider")
     if spec is None:
         raise ConfigError(f"models.{name}: unknown model; set 'rules:' to one of {', '.join(entries.names())}")
-    return _unknown_fields(settings, name, spec)
+    return _checked(settings, name, _unknown_fields(settings, name, spec))
+
+
+def _checked(settings: Settings, name: str, spec: ModelSpec) -> ModelSpec:
+    """``spec`` once each deployment's provider says it can serve it."""
+    for i, dep in enumerate(settings.models[name].deployments):
+        provider = settings.providers[dep.provider]
+        options = validate_provider_options(dep.provider, provider)
+        try:
+            provider_class(provider.type).check_route(options, spec, dep.model or name)
+        except ConfigError as exc:
+            raise ConfigError(f"models.{name}.deployments.{i}: {exc}") from None
+    return spec
 
 
 def _unknown_fields(settings: Settings, name: str, spec: ModelSpec) -> ModelSpec:

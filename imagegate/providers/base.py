@@ -141,6 +141,13 @@ class Provider(ABC):
         return None
 
     @classmethod
+    def check_route(cls, options: ProviderOptions, spec: ModelSpec, model: str) -> None:
+        """Check, when the config loads, that this provider can serve upstream
+        ``model`` under the catalog rules ``spec`` (its ``wire`` facts, say);
+        raise ConfigError saying what is wrong."""
+        return None
+
+    @classmethod
     def unknown_fields(cls, options: ProviderOptions) -> Literal["forward", "reject"] | None:
         """Whether fields the catalog does not know go upstream untouched
         ("forward") or are refused ("reject"), overriding the model's entry;

@@ -192,3 +192,24 @@ def test_entries_that_would_fail_at_request_time_fail_at_start(tmp_path: Path, e
     with pytest.raises(ConfigError) as err:
         settings_with(tmp_path, {"x": {"extends": "gpt-image-2", **entry}})
     assert message in str(err.value)
+
+
+def test_wire_facts_merge_by_name_through_extends_and_reach_the_rules(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path,
+        {
+            "base": {"extends": "gpt-image-2", "abstract": True, "wire": {"method": "predict", "ratios": ["1:1", "16:9"]}},
+            "child": {"extends": "base", "wire": {"ratios": ["1:1"]}, "max_output_tokens": 4096},
+        },
+    )
+    spec = catalog.effective(settings.catalog).lookup("child")
+    assert spec is not None
+    assert dict(spec.wire) == {"method": "predict", "ratios": ["1:1"]}  # one key replaced, the other inherited
+    assert spec.max_output_tokens == 4096
+    with pytest.raises(TypeError):
+        spec.wire["method"] = "x"  # type: ignore[index]
+
+
+def test_max_output_tokens_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"catalog\.bad.*max_output_tokens"):
+        catalog.effective(settings_with(tmp_path, {"bad": {"extends": "gpt-image-2", "max_output_tokens": 0}}).catalog)

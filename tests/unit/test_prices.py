@@ -299,3 +299,19 @@ def test_a_per_megapixel_price_is_one_kind_only() -> None:
     ):
         with pytest.raises(ValueError):
             price_from_config(bad)
+
+
+def test_a_capped_model_reserves_its_cap_at_the_dearest_output_rate_per_image() -> None:
+    price = price_from_config(
+        {"text_input_per_1m": 2, "image_input_per_1m": 2, "text_output_per_1m": 12, "image_output_per_1m": 120}
+    )
+    request = gen("gpt-image-2", size="1024x1024", n=2)
+    capped = replace(request, spec=replace(request.spec, max_output_tokens=4000))
+    bound = worst_case(price, capped)
+    prompt = len(request.prompt.encode())
+    assert bound == 2 * 4000 * 120_000 + prompt * 2_000 + 512 * 2_000  # n x cap x $120/1M, the prompt, the overhead
+    # Any usage within the cap is charged at most the bound.
+    usage = Usage(
+        input_tokens=prompt, output_tokens=8000, total_tokens=prompt + 8000, output_image_tokens=6000, output_text_tokens=2000
+    )
+    assert actual(price, capped, 2, usage, ImageMeta()).nusd <= bound
