@@ -43,6 +43,10 @@ _TYPES: dict[str, str | type[Provider]] = {
     "bfl": "imagegate.providers.bfl:BFLProvider",
     "fal": "imagegate.providers.fal:FalProvider",
     "replicate": "imagegate.providers.replicate:ReplicateProvider",
+    # Native (not OpenAI-shaped) synchronous upstreams.
+    "gemini": "imagegate.providers.google.provider:GoogleProvider",
+    "vertex": "imagegate.providers.google.vertex:VertexProvider",
+    "stability": "imagegate.providers.stability:StabilityProvider",
 }
 
 
