@@ -12,6 +12,15 @@ except Ark's ``.../api/v3/images/generations`` (Seedream), which gets Ark's:
 total_tokens}`` (tokens ``w*h/256``; tests/standin_seedream.py cites the docs).
 ``BENCH_SIZE=WxH`` sets the image's size (default 1024x1024).
 
+Google's and Stability's native shapes, by path: ``...:generateContent``
+(Gemini: ``candidates[0].content.parts[0].inlineData`` and a
+``usageMetadata`` of 1290 image tokens), ``...:predict`` (Imagen:
+``predictions[0].bytesBase64Encoded``), ``/v2beta/stable-image/...``
+(Stability: the PNG's bytes with ``finish-reason: SUCCESS``), and ``/token``
+(an OAuth token for Vertex's service-account exchange; the assertion is not
+checked here, tests/standin_google_oauth.py does). Their documented shapes
+are cited in tests/standin_google.py and tests/standin_stability.py.
+
 ``BENCH_DELAY_MS`` makes each success take that long (a generation's time);
 ``BENCH_FAIL_RATE`` (0-1) answers that share of requests with an OpenAI-style
 500, at once or, with ``BENCH_FAIL_SLOW=1``, after the generation time.
@@ -73,6 +82,52 @@ ARK_BODY = orjson.dumps(
     }
 )
 ARK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ARK_BODY)).encode())]
+
+
+def _json(payload: object) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = orjson.dumps(payload)
+    return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
+GEMINI = _json(
+    {
+        "candidates": [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": B64}}]},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {
+            "promptTokenCount": 6, "candidatesTokenCount": 1290, "totalTokenCount": 1296,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 6}],
+            "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+        },
+        "modelVersion": "gemini-2.5-flash-image",
+    }
+)  # fmt: skip
+IMAGEN = _json({"predictions": [{"bytesBase64Encoded": B64, "mimeType": "image/png"}]})
+STABILITY = (
+    PNG,
+    [
+        (b"content-type", b"image/png"),
+        (b"content-length", str(len(PNG)).encode()),
+        (b"finish-reason", b"SUCCESS"),
+        (b"seed", b"1"),
+    ],
+)
+TOKEN = _json({"access_token": "ya29.bench-token", "expires_in": 3600, "token_type": "Bearer"})
+
+
+def answer_for(path: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    if path.endswith(ARK_PATH):
+        return ARK_BODY, ARK_HEADERS
+    if path.endswith(":generateContent"):
+        return GEMINI
+    if path.endswith(":predict"):
+        return IMAGEN
+    if path.startswith("/v2beta/stable-image/"):
+        return STABILITY
+    if path == "/token":
+        return TOKEN
+    return BODY, HEADERS
+
+
 DELAY = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
 FAIL_RATE = float(os.environ.get("BENCH_FAIL_RATE", "0"))
 ERROR = orjson.dumps({"error": {"message": "The server had an error", "type": "server_error", "param": None, "code": None}})
@@ -95,6 +150,6 @@ async def app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
         return
     if DELAY:
         await asyncio.sleep(DELAY)
-    ark = scope["path"].endswith(ARK_PATH)
-    await send({"type": "http.response.start", "status": 200, "headers": ARK_HEADERS if ark else HEADERS})
-    await send({"type": "http.response.body", "body": ARK_BODY if ark else BODY})
+    body, headers = answer_for(scope["path"])
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
