@@ -279,7 +279,8 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     admission. For token prices: the most output tokens the model produces
     at the asked size at *any* quality (an upstream may bill ``high`` when
     ``low`` was asked) or the model's ``max_output_tokens`` (the cap its
-    provider sends: text and thinking included), every partial image, one token per prompt byte and
+    provider sends: text and thinking included; such a provider makes one
+    call per image, each billing the whole input), every partial image, one token per prompt byte and
     the input-image bound and an allowance for input overhead, all at the
     dearest rates."""
     if price is None:
@@ -290,15 +291,17 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
     if isinstance(price, PerMegapixel):  # each image (each upstream job) pays for its inputs too
         return n * (_megapixel_output_most(price, request.size, bound_sizes(request.spec)) + price.inputs(request.images))
     cap = request.spec.max_output_tokens  # the provider caps each call's output there
+    calls = 1  # upstream calls that each bill the whole input
     if cap is not None:
-        out = cap
+        out, calls = cap, n  # a capped model's provider makes one call per image (Gemini)
     else:
         out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
         out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
     images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
     overhead = INPUT_OVERHEAD_TOKENS * max(price.text_input, price.image_input)
-    return n * out * max(price.image_output, price.text_output) + text * price.text_input + images * price.image_input + overhead
+    inputs = text * price.text_input + images * price.image_input + overhead
+    return n * out * max(price.image_output, price.text_output) + calls * inputs
 
 
 def _megapixel_output_most(price: PerMegapixel, size: str, listed: Sequence[str]) -> int:

@@ -309,7 +309,8 @@ def test_a_capped_model_reserves_its_cap_at_the_dearest_output_rate_per_image() 
     capped = replace(request, spec=replace(request.spec, max_output_tokens=4000))
     bound = worst_case(price, capped)
     prompt = len(request.prompt.encode())
-    assert bound == 2 * 4000 * 120_000 + prompt * 2_000 + 512 * 2_000  # n x cap x $120/1M, the prompt, the overhead
+    # n x cap x $120/1M; the prompt and the overhead for each of the n calls
+    assert bound == 2 * 4000 * 120_000 + 2 * (prompt * 2_000 + 512 * 2_000)
     # Any usage within the cap is charged at most the bound.
     usage = Usage(
         input_tokens=prompt, output_tokens=8000, total_tokens=prompt + 8000, output_image_tokens=6000, output_text_tokens=2000
