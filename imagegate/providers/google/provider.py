@@ -26,7 +26,8 @@ table):
 * **Errors** ``{"error": {code, message, status, details}}``
   (:meth:`GoogleProvider.error_from`): 400 ``INVALID_ARGUMENT`` is the
   client's 400 with Google's message; 400 ``FAILED_PRECONDITION`` (billing,
-  region) a 502; 401/403 a 502 ``upstream_auth_error``; 404 a 502
+  region) a 502; 401/403, and a 400 whose ``ErrorInfo.reason`` is
+  ``API_KEY_INVALID``, a 502 ``upstream_auth_error``; 404 a 502
   ``upstream_model_not_found`` (the config names a model Google does not
   serve); 429 ``RESOURCE_EXHAUSTED`` a 429 whose ``Retry-After`` is
   ``google.rpc.RetryInfo.retryDelay`` rounded up; 5xx pass on as upstream
@@ -181,6 +182,8 @@ class GoogleProvider(HostedProvider):
         fields = self.error_fields(body)
         if fields is None or status in (401, 403) or not 400 <= status <= 599:
             return super().error_from(status, body, headers)
+        if status == 400 and str(wire.error_reason(body)).startswith("API_KEY"):  # Google's 400 for a bad key
+            return super().error_from(401, body, headers)
         if status == 400 and fields.code == "failed_precondition":
             return UpstreamError(
                 f"The upstream '{self.name}' cannot serve this gateway's account now (FAILED_PRECONDITION): {fields.message}",

@@ -467,6 +467,17 @@ def error_fields(body: bytes) -> ErrorFields | None:
     return ErrorFields(err["message"], code=status.lower() if isinstance(status, str) and status else None)
 
 
+def error_reason(body: bytes) -> str | None:
+    """The ``reason`` of a ``google.rpc.ErrorInfo`` detail (``API_KEY_INVALID``)."""
+    err = error_object(body)
+    details = err.get("details") if err else None
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.ErrorInfo"):
+            reason = item.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None
+
+
 _DELAY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")
 
 
