@@ -291,6 +291,8 @@ REFUSED = [
     ("sd3.5-large", {"strength": 0.5}, "strength", "unsupported_parameter"),
     ("sd3.5-large", {"n": 11}, "n", "integer_above_max_value"),
     ("stable-image-ultra", {"negative_prompt": 3}, "negative_prompt", "invalid_type"),
+    ("stable-image-ultra", {"user": "é" * 3}, "user", "invalid_value"),  # a header: ASCII only
+    ("stable-image-ultra", {"user": "u" * 257}, "user", "invalid_value"),
 ]
 
 

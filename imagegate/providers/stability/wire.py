@@ -169,6 +169,13 @@ def form(request: ImageRequest, route: Route, index: int, mask: bytes | None = N
     asked = fmt if isinstance(fmt, str) and fmt in formats and request.output_compression is None else "png"
     out.text["output_format"] = asked
     if isinstance(user := request.params.user, str):
+        if not (user.isascii() and user.isprintable() and len(user) <= 256):
+            raise _refuse(
+                "Invalid 'user': Stability takes it as a header (stability-client-user-id) of at most 256 printable "
+                "ASCII characters.",
+                "user",
+                "invalid_value",
+            )
         out.headers[USER_HEADER] = user
     _inputs(request, route, out, mask)
     return out
