@@ -282,6 +282,16 @@ def test_the_token_never_leaks_in_an_error(oauth: OAuthStandIn, up: VertexStandI
     assert token not in caught.value.response.text and "[redacted]" in caught.value.body["message"]  # type: ignore[index]
 
 
+def test_a_403_is_a_502_naming_the_role(up: VertexStandIn, sdk: openai.OpenAI) -> None:
+    up.script.append(google_error(403, "PERMISSION_DENIED", "Permission 'aiplatform.endpoints.predict' denied on resource"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk.images.generate(model="imagen-4.0-fast-generate-001", prompt="denied")
+    body = caught.value.body
+    assert body["code"] == "upstream_auth_error" and "Vertex AI User" in body["message"]  # type: ignore[index]
+    assert PROJECT in body["message"] and "aiplatform.endpoints" not in body["message"]  # type: ignore[index]
+    assert len(up.received) == 1  # a 403 is not a stale token: not sent again
+
+
 # -- Vertex-only fields ------------------------------------------------------------------------
 
 
@@ -324,10 +334,10 @@ def test_vertex_only_fields_on_the_gemini_api_are_a_400_naming_them(
 # -- config --------------------------------------------------------------------------------------
 
 
-def _check_config(tmp_path: Path, vertex: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def _check_config(tmp_path: Path, vertex: dict[str, Any], **models: Any) -> subprocess.CompletedProcess[str]:
     config = {
         "providers": {"demo": {"type": "test-pattern"}, "vx": {"type": "vertex", **vertex}},
-        "models": {"test-pattern": [{"provider": "demo"}]},
+        "models": {"test-pattern": [{"provider": "demo"}], **models},
     }
     path = tmp_path / "imagegate.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -364,3 +374,9 @@ def test_config_mistakes_fail_check_config_naming_the_key(oauth: OAuthStandIn, t
         assert "PRIVATE KEY" not in done.stderr and "AIza-not-for-vertex" not in done.stderr
     done = _check_config(tmp_path, {"project": PROJECT, "credentials_file": str(key_file), "location": "global"})
     assert done.returncode == 0, done.stderr
+    # a vertex/ catalog name is no upstream model: the deployment must name one
+    named = {"vertex/imagen-4.0-fast-generate-001": [{"provider": "vx"}]}
+    done = _check_config(tmp_path, {"project": PROJECT, "credentials_json": account}, **named)
+    assert done.returncode == 2 and "set the deployment's model (e.g. model: imagen-4.0-fast-generate-001)" in done.stderr
+    named = {"vertex/imagen-4.0-fast-generate-001": [{"provider": "vx", "model": "imagen-4.0-fast-generate-001"}]}
+    assert _check_config(tmp_path, {"project": PROJECT, "credentials_json": account}, **named).returncode == 0
