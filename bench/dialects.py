@@ -1,4 +1,4 @@
-"""What does each OpenAI-like dialect cost per request?
+"""What does each OpenAI-like dialect, and each native provider, cost per request?
 
 Starts, on loopback: the instant stand-in upstream (bench/fast_upstream.py,
 with a small, flat 1536x864 PNG, the size every request asks, so that the
@@ -15,7 +15,14 @@ by side in one run:
 * ``azure``: the v1 path ``/openai/v1/images/generations``, the ``api-key``
   header, a deployment name under gpt-image-2's rules;
 * ``xai``: the size converted to xAI's ``aspect_ratio`` and ``resolution``;
-* ``seedream``: Ark's ``/api/v3/images/generations`` and Ark's answer shape.
+* ``seedream``: Ark's ``/api/v3/images/generations`` and Ark's answer shape;
+* ``gemini``: a JSON ``generateContent`` call built from the OpenAI request
+  (size to aspect ratio), its ``inlineData`` answer and ``usageMetadata``;
+* ``gemini`` serving Imagen 4: ``predict`` and ``predictions[]``;
+* ``vertex``: the same Gemini call at Vertex's path, with an OAuth token
+  minted (once) from a service-account key at the stand-in's ``/token``;
+* ``stability``: a multipart ``generate/core`` call answered with the
+  image's bytes and a ``finish-reason`` header.
 
 For each it reports requests/s, p50/p99 latency and the gateway's CPU
 milliseconds per request (from /proc, the steadiest figure on a shared
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +51,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,11 +71,32 @@ CASES = [
     ("azure (v1 path, api-key)", "azure-image", {"quality": "low"}),
     ("xai (size -> aspect_ratio)", "grok-imagine-image", {"response_format": "b64_json"}),
     ("seedream (Ark)", "seedream-4-0-250828", {"response_format": "b64_json"}),
+    ("gemini (generateContent)", "gemini-2.5-flash-image", {}),
+    ("gemini imagen (predict)", "imagen-4.0-fast-generate-001", {}),
+    ("vertex (OAuth, generateContent)", "vertex-gemini", {}),
+    ("stability (multipart, bytes)", "stable-image-core", {}),
 ]
 
 
 def body(model: str, extra: dict) -> dict:
     return {"model": model, "prompt": PROMPT, "size": SIZE, **extra}
+
+
+def service_account(token_uri: str) -> str:
+    """A throwaway service-account key (google-auth signs its token request with it)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "bench",
+            "private_key_id": "bench",
+            "private_key": pem.decode(),
+            "client_email": "bench@bench.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": token_uri,
+        }
+    )
 
 
 def gateway_config(tmp: Path, up: str) -> dict:
@@ -77,6 +108,15 @@ def gateway_config(tmp: Path, up: str) -> dict:
             "az": {"type": "azure", "endpoint": up, "api_key": "azure-key"},
             "xai": {"type": "xai", "base_url": f"{up}/v1", "api_key": "xai-b"},
             "ark": {"type": "seedream", "base_url": f"{up}/api/v3", "api_key": "ark-b"},
+            "gem": {"type": "gemini", "base_url": f"{up}/v1beta", "api_key": "gem-b"},
+            "vtx": {
+                "type": "vertex",
+                "base_url": f"{up}/v1",
+                "project": "bench",
+                "location": "us-central1",
+                "credentials_json": service_account(f"{up}/token"),
+            },
+            "stab": {"type": "stability", "base_url": up, "api_key": "sk-stab-b"},
         },
         "models": {
             "gpt-image-2": [{"provider": "oai"}],
@@ -84,6 +124,10 @@ def gateway_config(tmp: Path, up: str) -> dict:
             "azure-image": {"rules": "gpt-image-2", "deployments": [{"provider": "az", "model": "prod-img"}]},
             "grok-imagine-image": [{"provider": "xai"}],
             "seedream-4-0-250828": [{"provider": "ark"}],
+            "gemini-2.5-flash-image": [{"provider": "gem"}],
+            "imagen-4.0-fast-generate-001": [{"provider": "gem"}],
+            "vertex-gemini": [{"provider": "vtx", "model": "gemini-2.5-flash-image"}],
+            "stable-image-core": [{"provider": "stab"}],
         },
     }
 
