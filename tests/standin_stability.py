@@ -88,12 +88,14 @@ class Received:
 
 @dataclass
 class Fault:
-    """The answer to the next call instead of Stability's."""
+    """The answer to the next call instead of Stability's: an error body, or
+    ``body`` as it is (an upstream answering 200 with something unusable)."""
 
     status: int
     name: str
     errors: list[str]
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
 
 
 class Refusal(Exception):
@@ -145,6 +147,9 @@ class StabilityStandIn(StandInServer[Received, Fault]):
                 else:
                     rec.files[name], rec.file_names[name] = payload, filename
         fault = self.record(rec)
+        if fault is not None and fault.body is not None:
+            handler._send(fault.status, fault.body, "image/png", fault.headers)
+            return
         try:
             if fault is not None:
                 raise Refusal(fault.status, fault.name, *fault.errors, headers=fault.headers)

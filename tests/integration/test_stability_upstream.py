@@ -346,3 +346,42 @@ def test_stabilitys_field_errors_name_the_clients_field(up: StabilityStandIn, ga
     err = r.json()["error"]
     assert (r.status_code, err["param"], err["code"]) == (400, "style_preset", "bad_request"), err
     assert "not available for this model" in err["message"]
+
+
+def test_inpaints_grow_mask_takes_stabilitys_whole_range(up: StabilityStandIn, gateway: Running) -> None:
+    # edit/inpaint documents grow_mask 0..100 (erase's is 0..20): a 50 must reach Stability, not be refused.
+    image, mask = make_image(64, 64), make_mask(64, 64, (0, 0, 8, 8))
+    r = _edit(gateway, "stability-inpaint", image, {"prompt": "x", "grow_mask": 50}, mask=mask)
+    assert r.status_code == 200, r.text
+    assert up.calls("edit/inpaint")[0].fields["grow_mask"] == "50"
+    up.reset()
+    r = _edit(gateway, "stability-inpaint", image, {"prompt": "x", "grow_mask": 101}, mask=mask)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "grow_mask"), r.text
+    r = _edit(gateway, "stability-erase", image, {"prompt": "-", "grow_mask": 21}, mask=mask)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "grow_mask"), r.text
+    assert up.received == []
+
+
+def test_n_calls_one_failing_return_and_charge_only_the_others(up: StabilityStandIn, gateway: Running) -> None:
+    key = _key(gateway)
+    up.script.append(Fault(500, "internal_error", ["An unexpected server error has occurred."]))
+    r = _post(gateway, {"model": "stable-image-core", "prompt": "x", "n": 3}, key=key["key"])
+    assert r.status_code == 200, r.text
+    assert len(up.calls()) == 3 and len(r.json()["data"]) == 2  # the failed call is not retried, nor billed
+    assert r.headers["x-imagegate-cost-usd"] == "0.060000"  # 2 x 3 credits
+    assert _spend(gateway, key) == ("0.060000", "0.000000")
+
+
+@pytest.mark.parametrize(
+    "headers,body",
+    [({"finish-reason": "SUCCESS"}, b"<html>not an image</html>"), ({}, make_image(64, 64))],
+    ids=["not-an-image", "no-finish-reason"],
+)
+def test_an_answer_that_is_no_usable_image_is_a_502_and_costs_nothing(
+    up: StabilityStandIn, gateway: Running, headers: dict[str, str], body: bytes
+) -> None:
+    key = _key(gateway)
+    up.script.append(Fault(200, "", [], headers, body=body))
+    r = _post(gateway, {"model": "stable-image-core", "prompt": "x"}, key=key["key"])
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "invalid_upstream_response"), r.text
+    assert _spend(gateway, key) == ("0.000000", "0.000000")

@@ -11,7 +11,6 @@ checked by :class:`Route` when the config loads.
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from imagegate.contract.requests import ImageRequest
 from imagegate.contract.rules import GENERATIONS, ModelSpec, parse_size
 from imagegate.errors import InvalidRequestError
+from imagegate.providers import inputs_map
 from imagegate.providers.http import ErrorFields
 
 Path = Literal[
@@ -136,8 +136,7 @@ def seed_for(seed: int, index: int) -> int:
 
 def nearest_ratio(width: int, height: int) -> str:
     """The ratio of :data:`RATIOS` nearest ``width:height`` on a log scale."""
-    ratio = width / height
-    return min(RATIOS, key=lambda r: abs(math.log(ratio * int(r.split(":")[1]) / int(r.split(":")[0]))))
+    return inputs_map.nearest_ratio(width, height, RATIOS)
 
 
 def form(request: ImageRequest, route: Route, index: int, mask: bytes | None = None) -> Form:
