@@ -191,6 +191,8 @@ class StabilityStandIn(StandInServer[Received, Fault]):
     def _trigger(self, prompt: str) -> None:
         if "[moderated]" in prompt:
             raise Refusal(403, "content_moderation", "Your request was flagged by our content moderation system.")
+        if "[public-figure]" in prompt:
+            raise Refusal(422, "public_figure", "Our system detected the likeness of a public figure in your image.")
         if "[too-large]" in prompt:
             raise Refusal(413, "payload_too_large", "body: payloads cannot be larger than 10MiB in size")
         if "[invalid]" in prompt:

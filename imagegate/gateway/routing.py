@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,12 +73,20 @@ def retryable(kind: str) -> bool:
     return kind in RETRYABLE_KINDS
 
 
+# The longest an upstream's Retry-After may bench a deployment: a wrong or
+# hostile header (a year, "inf") must not take it out of service for good.
+MAX_COOLDOWN_SECONDS = 3600.0
+
+
 def retry_after(exc: ImagegateError) -> float | None:
     value = exc.headers.get("Retry-After") or exc.headers.get("retry-after")
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_COOLDOWN_SECONDS)
 
 
 @dataclass(eq=False)

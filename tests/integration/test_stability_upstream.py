@@ -226,7 +226,7 @@ def test_tools_without_a_prompt_take_the_placeholder_and_refuse_a_real_one(up: S
 # -- refusals and errors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("trigger", ["[filtered]", "[moderated]"])
+@pytest.mark.parametrize("trigger", ["[filtered]", "[moderated]", "[public-figure]"])
 def test_a_refusal_is_a_content_policy_400_and_costs_nothing(up: StabilityStandIn, gateway: Running, trigger: str) -> None:
     key = _key(gateway)
     r = _post(gateway, {"model": "stable-image-ultra", "prompt": f"x {trigger}", "n": 2}, key=key["key"])

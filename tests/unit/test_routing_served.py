@@ -80,3 +80,15 @@ def test_a_failed_attempt_gives_its_slot_back() -> None:
         return slot.in_flight
 
     assert asyncio.run(go()) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("7", 7.0), ("1e12", 3600.0), ("inf", None), ("nan", None), ("-5", 0.0), ("soon", None)]
+)
+def test_an_upstreams_retry_after_is_finite_and_benches_a_deployment_for_at_most_an_hour(
+    header: str, seconds: float | None
+) -> None:
+    from imagegate.errors import ImagegateError
+    from imagegate.gateway.routing import retry_after
+
+    assert retry_after(ImagegateError("slow down", status=429, headers={"Retry-After": header})) == seconds

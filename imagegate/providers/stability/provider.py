@@ -203,9 +203,11 @@ class StabilityProvider(HostedProvider):
                 f"The upstream '{name}' has no credits left for this gateway's account (HTTP 402){text}.",
                 code="upstream_insufficient_credits",
             )
-        if status == 403 and fields is not None and fields.code == "content_moderation":
+        if fields is not None and (
+            (status == 403 and fields.code == "content_moderation") or (status == 422 and fields.code == "public_figure")
+        ):
             return InvalidRequestError(
-                f"The upstream '{name}' refused the request (content_moderation){text}. Nothing was charged.",
+                f"The upstream '{name}' refused the request ({fields.code}){text}. Nothing was charged.",
                 code="content_policy_violation",
             )
         if status == 413:
