@@ -33,7 +33,10 @@ Protocol, as Google documents it:
   ``INTERNAL``.
 * Vertex AI: ``POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}``
   with the same bodies; ``auth`` (a callable given the request's headers,
-  lower-cased) decides who may call, and ``image_config_extra`` /
+  lower-cased) decides who may call, or a subclass overrides
+  :meth:`GoogleStandIn.authorize` to answer its own refusal (Vertex's 401);
+  ``vertex_only`` serves Vertex's path alone, ``models`` replaces the models
+  served (default ``MODELS``), and ``image_config_extra`` /
   ``parameters_extra`` name the Vertex-only fields it takes.
 
 Where the documents are silent the stand-in chooses: images are PNGs at the
@@ -55,7 +58,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,9 +174,13 @@ class GoogleStandIn(StandInServer[Received, Fault]):
         image_config_extra: frozenset[str] = frozenset(),
         parameters_extra: frozenset[str] = frozenset(),
         scale: int = 8,
+        models: Mapping[str, Model] | None = None,
+        vertex_only: bool = False,
     ) -> None:
         self.key = key
         self.auth = auth or (lambda headers: headers.get("x-goog-api-key") == self.key)
+        self.models: dict[str, Model] = dict(MODELS if models is None else models)
+        self.vertex_only = vertex_only
         self.image_config_extra, self.parameters_extra, self.scale = image_config_extra, parameters_extra, scale
         self.usage: dict[str, Any] | None = None  # usageMetadata of the next answers, when set
         standin = self
@@ -213,22 +220,33 @@ class GoogleStandIn(StandInServer[Received, Fault]):
 
     def _answer(self, rec: Received) -> Any:
         gemini, vertex = GEMINI_PATH.match(rec.path), VERTEX_PATH.match(rec.path)
+        if self.vertex_only:
+            gemini = None
         if gemini is None and vertex is None:
             raise Refused(google_error(404, "NOT_FOUND", f"The requested URL {rec.path} was not found on this server."))
         rec.model, rec.method = (gemini[1], gemini[2]) if gemini else (vertex[3], vertex[4])  # type: ignore[index]
-        if "x-goog-api-key" not in rec.headers and "authorization" not in rec.headers:
-            raise Refused(google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."))
-        if not self.auth(rec.headers):
-            raise Refused(google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [
-                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}
-            ]))  # fmt: skip
-        model = MODELS.get(rec.model)
+        refusal = self.authorize(rec)
+        if refusal is not None:
+            raise Refused(refusal)
+        model = self.models.get(rec.model)
         if model is None or model.method != rec.method:
             raise Refused(google_error(404, "NOT_FOUND", f"models/{rec.model} is not found for API version v1beta, "
                                        f"or is not supported for {rec.method}."))  # fmt: skip
         if rec.headers.get("content-type", "").split(";")[0] != "application/json" or not isinstance(rec.json, dict):
             raise invalid("Invalid JSON payload received.")
         return self._content(rec, model) if rec.method == "generateContent" else self._predict(rec, model)
+
+    def authorize(self, rec: Received) -> Fault | None:
+        """Who may call (``rec.model``/``rec.method`` are set): None, or the
+        answer to a caller refused. The Gemini API: 403 without a key, 400
+        ``API_KEY_INVALID`` for one ``auth`` refuses. A subclass may override it."""
+        if "x-goog-api-key" not in rec.headers and "authorization" not in rec.headers:
+            return google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+        if not self.auth(rec.headers):
+            return google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}
+            ])  # fmt: skip
+        return None
 
     # -- generateContent ----------------------------------------------------------------
 

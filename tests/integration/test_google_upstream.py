@@ -151,6 +151,26 @@ def test_n_is_n_concurrent_calls_and_their_usage_adds_up(up: GoogleStandIn, sdk:
 
 
 @pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (google_error(500, "INTERNAL", "An internal error has occurred."), 500, "internal"),
+        (Fault(200, {"candidates": [{"content": {"role": "model", "parts": None}, "finishReason": "IMAGE_SAFETY"}]}),
+         400, "content_policy_violation"),
+    ],
+    ids=["500", "image-safety"],
+)  # fmt: skip
+def test_n_calls_with_one_failing_fail_the_request_and_charge_nothing(
+    up: GoogleStandIn, gateway: Running, fault: Fault, status: int, code: str
+) -> None:
+    # Known limit (docs/upstreams/google.md): Google bills the calls that finished; the client pays nothing.
+    up.script.append(fault)
+    r = post(gateway, model=PRO, prompt="three foxes", n=3, size="1024x1024")
+    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    assert "data" not in r.json() and 1 <= len(up.received) <= 3
+    assert r.headers.get("x-imagegate-cost-usd") in (None, "0.000000")
+
+
+@pytest.mark.parametrize(
     "usage",
     [
         {

@@ -23,14 +23,14 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from standin_google import KEY, MODELS, VERTEX_PATH, GoogleStandIn, Model, Received, Refused, google_error
+from standin_google import KEY, MODELS, Fault, GoogleStandIn, Model, Received, google_error
 from standin_google_oauth import OAuthStandIn, private_key_pem
 
 from support import SIGNING_KEY, Running, decode_b64, run_server
 
 PROJECT, LOCATION = "standin-project", "europe-west4"
 # Imagen 3 takes negativePrompt (Imagen 4 does not): the stand-in serves it like Imagen 4 Fast.
-MODELS.setdefault("imagen-3.0-fast-generate-001", Model("predict", ("1:1", "3:4", "4:3", "9:16", "16:9"), {}, 0))
+VERTEX_MODELS = {**MODELS, "imagen-3.0-fast-generate-001": Model("predict", ("1:1", "3:4", "4:3", "9:16", "16:9"), {}, 0)}
 VERTEX_FIELDS = frozenset({"addWatermark", "enhancePrompt", "seed", "negativePrompt", "allow_all"})
 UNAUTHENTICATED = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid "
@@ -48,20 +48,18 @@ class VertexStandIn(GoogleStandIn):
     every token (a service account disabled after its token was minted)."""
 
     def __init__(self, oauth: OAuthStandIn) -> None:
-        super().__init__(auth=lambda headers: True, parameters_extra=VERTEX_FIELDS)
+        super().__init__(parameters_extra=VERTEX_FIELDS, models=VERTEX_MODELS, vertex_only=True)
         self.oauth = oauth
         self.refuse_all = False
         self.base_url = f"{self.origin}/v1"
 
-    def _answer(self, rec: Received) -> Any:
-        if VERTEX_PATH.match(rec.path) is None:
-            raise Refused(google_error(404, "NOT_FOUND", f"The requested URL {rec.path} was not found on this server."))
+    def authorize(self, rec: Received) -> Fault | None:
         auth = rec.headers.get("authorization", "")
         if "x-goog-api-key" in rec.headers or not auth.startswith("Bearer "):
-            raise Refused(google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED))
+            return google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED)
         if self.refuse_all or not self.oauth.valid(auth.removeprefix("Bearer ")):
-            raise Refused(google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED))
-        return super()._answer(rec)
+            return google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED)
+        return None
 
     def reset(self) -> None:
         super().reset()
