@@ -225,6 +225,32 @@ class StorageConfig(_Strict):
         return None if value is None else storage_registry.check_url(value)
 
 
+class WebhooksConfig(_Strict):
+    """Signed webhooks for finished image jobs (docs/webhooks.md). The same
+    address rules as image URLs: https only, public addresses only, unless
+    allowed here (tests, loopback receivers)."""
+
+    # Hosts a per-request Imagegate-Webhook-Url may name: "hooks.example.com",
+    # or "*.example.com" for its subdomains. Empty: the header is refused.
+    allowed_hosts: list[str] = []
+    allow_http: bool = False
+    allow_private_addresses: bool = False
+    timeout_seconds: float = Field(10.0, gt=0, le=300)  # one delivery attempt
+    retry_seconds: float = Field(86400.0, ge=0)  # retries end this long after the first attempt
+    initial_backoff_seconds: float = Field(5.0, gt=0)  # then doubled each attempt, with jitter
+    max_backoff_seconds: float = Field(3600.0, gt=0)
+    poll_seconds: float = Field(5.0, gt=0)  # how often a replica looks for deliveries due (others' retries)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            if not bare or "*" in bare or "/" in bare or ":" in bare or bare != bare.strip():
+                raise ValueError(f"not a host name or *.domain: {host!r}")
+        return [h.lower().rstrip(".") for h in hosts]
+
+
 ErrorKind = Literal["rate_limit", "timeout", "connection", "server_error", "content_policy", "invalid_request"]
 RETRYABLE_KINDS: tuple[ErrorKind, ...] = ("rate_limit", "timeout", "connection", "server_error")
 
@@ -298,6 +324,7 @@ class Settings(_Strict):
     # Models' rules and prices added or changed (imagegate/catalog/*.yaml's schema; extends: inherits).
     catalog: dict[str, EntryConfig] = {}
     routing: RoutingConfig = RoutingConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}
     default_model: str | None = None
