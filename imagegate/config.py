@@ -225,6 +225,18 @@ class StorageConfig(_Strict):
         return None if value is None else storage_registry.check_url(value)
 
 
+class JobsConfig(_Strict):
+    """Asynchronous image jobs (``Prefer: respond-async``; docs/jobs.md)."""
+
+    workers: int = Field(16, ge=0, le=10_000)  # jobs this replica runs at once (0: it only accepts them)
+    lease_seconds: float = Field(60.0, gt=0)  # a running job's lease; renewed every third of it
+    poll_seconds: float = Field(1.0, gt=0)  # idle workers look for jobs this often (jittered)
+    max_queue_seconds: float = Field(86400.0, gt=0)  # a job not started by then fails (job_expired)
+    max_queued_per_key: int = Field(1000, ge=1)  # queued jobs per caller; beyond it a 429
+    # On a graceful stop, how long running jobs may finish before they are handed back.
+    drain_seconds: float = Field(10.0, ge=0)
+
+
 class WebhooksConfig(_Strict):
     """Signed webhooks for finished image jobs (docs/webhooks.md). The same
     address rules as image URLs: https only, public addresses only, unless
@@ -324,6 +336,7 @@ class Settings(_Strict):
     # Models' rules and prices added or changed (imagegate/catalog/*.yaml's schema; extends: inherits).
     catalog: dict[str, EntryConfig] = {}
     routing: RoutingConfig = RoutingConfig()
+    jobs: JobsConfig = JobsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     providers: dict[str, ProviderConfig] = {"demo": ProviderConfig(type="test-pattern")}
     models: dict[str, ModelRouteConfig] = {"test-pattern": ModelRouteConfig(deployments=[DeploymentConfig(provider="demo")])}

@@ -4,9 +4,22 @@ such as $2.50 per million tokens stay exact; times are UTC."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -148,3 +161,71 @@ class IdempotencyRecord(Base):
     # once that process is known to be gone) a retry may take it over.
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ImageJob(Base):
+    """An asynchronous image job (``Prefer: respond-async``; gateway/jobs/).
+
+    Its request is stored typed (``request``; the input images in
+    ``job_inputs``), its caller as authentication found it, and the budget
+    reservation admission made for it is owned by the job (``job:<id>``)
+    until it settles. ``status``: queued -> running -> settling ->
+    succeeded | failed | cancelled. A running or settling job belongs to
+    ``lease_owner`` until ``lease_until``; after that any replica takes it
+    over. ``outcome`` (set with ``settling``) is what the settlement charges."""
+
+    __tablename__ = "image_jobs"
+    __table_args__ = (
+        Index("ix_image_jobs_status_created", "status", "created_at"),
+        Index("ix_image_jobs_scope_created", "scope", "created_at"),
+        Index("ix_image_jobs_team_created", "team", "created_at"),
+        UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_image_jobs_idempotency"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64))  # who may see it: the caller's identity
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    team: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    caller: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request_id: Mapped[str] = mapped_column(String(128))
+    base_url: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    queue_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    upstream_started: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    reservation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reserved_nusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cost_nusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the ImagesResponse as sent
+    result_headers: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the OpenAI error envelope
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Filled by the webhooks package (gateway/webhooks/): where to POST the
+    # finished job, and its deliveries' state and attempts.
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobInput(Base):
+    """A job's input images and mask, as the client sent them; deleted when the job ends."""
+
+    __tablename__ = "job_inputs"
+
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("image_jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    field: Mapped[str] = mapped_column(String(32))  # "image", "image[1]", "mask"
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)  # imaging.probe.ImageInfo's fields
+    data: Mapped[bytes] = mapped_column(LargeBinary)
