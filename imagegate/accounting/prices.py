@@ -52,6 +52,11 @@ PARTIAL_IMAGE_TOKENS = 100
 # Reservation bound for one input image (edits), in image tokens: above what
 # high input fidelity uses, so a reservation is never below the real cost.
 INPUT_IMAGE_TOKENS_BOUND = 10_000
+# An upstream that tiles a large input image bills per tile: Gemini counts
+# 258 tokens per 768x768 tile (https://ai.google.dev/gemini-api/docs/tokens,
+# "Image tokens"), the most per pixel of the upstreams priced by tokens. An
+# input image's bound is the larger of that and INPUT_IMAGE_TOKENS_BOUND.
+TILE_EDGE, TILE_TOKENS = 768, 258
 # Input tokens an upstream may bill beyond the prompt's and the images' own
 # (OpenAI's generation answers report some image input tokens even without
 # an input image); reserved at the dearer input rate.
@@ -298,10 +303,16 @@ def worst_case(price: Price | None, request: ImageRequest) -> int:
         out = max(_output_tokens(price, q, request.size, bound_sizes(request.spec)) for q in price.qualities)
         out += PARTIAL_IMAGE_TOKENS * request.partial_images
     text = len(request.prompt.encode("utf-8"))  # a token is at least one byte
-    images = INPUT_IMAGE_TOKENS_BOUND * (len(request.images) + (1 if request.mask is not None else 0))
+    images = sum(input_image_tokens_bound(image) for image in (*request.images, *((request.mask,) if request.mask else ())))
     overhead = INPUT_OVERHEAD_TOKENS * max(price.text_input, price.image_input)
     inputs = text * price.text_input + images * price.image_input + overhead
     return n * out * max(price.image_output, price.text_output) + calls * inputs
+
+
+def input_image_tokens_bound(image: InputImage) -> int:
+    """The most input tokens one input image (or mask) can be billed."""
+    tiles = math.ceil(image.info.width / TILE_EDGE) * math.ceil(image.info.height / TILE_EDGE)
+    return max(INPUT_IMAGE_TOKENS_BOUND, tiles * TILE_TOKENS)
 
 
 def _megapixel_output_most(price: PerMegapixel, size: str, listed: Sequence[str]) -> int:
@@ -349,8 +360,12 @@ def actual(
         return Cost(images * one, parse_size(size) is None, **reported)
     if tokens is not None:
         return Cost(token_cost(price, tokens), False, **reported)
-    out = images * (_output_tokens(price, quality, size, request.spec.sizes) + PARTIAL_IMAGE_TOKENS * request.partial_images)
     text_in = math.ceil(len(request.prompt) / CHARS_PER_TOKEN)
+    if request.spec.max_output_tokens is not None:  # no usage from a model that thinks: its cap, fail closed
+        out = images * request.spec.max_output_tokens
+        rate = max(price.image_output, price.text_output)
+        return Cost(out * rate + images * text_in * price.text_input, True, text_in, None, out)
+    out = images * (_output_tokens(price, quality, size, request.spec.sizes) + PARTIAL_IMAGE_TOKENS * request.partial_images)
     return Cost(out * price.image_output + text_in * price.text_input, True, text_in, None, out)
 
 

@@ -316,3 +316,24 @@ def test_a_capped_model_reserves_its_cap_at_the_dearest_output_rate_per_image() 
         input_tokens=prompt, output_tokens=8000, total_tokens=prompt + 8000, output_image_tokens=6000, output_text_tokens=2000
     )
     assert actual(price, capped, 2, usage, ImageMeta()).nusd <= bound
+
+
+def test_a_large_input_image_is_reserved_by_its_tiles() -> None:
+    price = price_from_config({"text_input_per_1m": 0.3, "image_input_per_1m": 0.3, "image_output_per_1m": 30})
+    request = gen("gpt-image-2", size="1024x1024")
+    small = ImageInfo("png", 1024, 1024, "RGB", False, 1000)
+    huge = ImageInfo("png", 7680, 6144, "RGB", False, 1000)  # 10 x 8 tiles of 768 px: 80 x 258 = 20640 tokens
+    with_small = replace(request, images=(InputImage(b"x", small, "image"),))
+    with_huge = replace(request, images=(InputImage(b"x", huge, "image"),))
+    assert worst_case(price, with_huge) - worst_case(price, with_small) == (20640 - 10_000) * 300
+
+
+def test_a_capped_model_without_usage_is_charged_its_cap_fail_closed() -> None:
+    price = price_from_config(
+        {"text_input_per_1m": 2, "image_input_per_1m": 2, "text_output_per_1m": 12, "image_output_per_1m": 120}
+    )
+    request = gen("gpt-image-2", size="1024x1024", n=2)
+    capped = replace(request, spec=replace(request.spec, max_output_tokens=8192))
+    cost = actual(price, capped, 2, None, ImageMeta())
+    assert cost.estimated and cost.nusd >= 2 * 8192 * 120_000
+    assert cost.nusd <= worst_case(price, capped)
