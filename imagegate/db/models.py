@@ -69,6 +69,10 @@ class ApiKey(_Budgeted, Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where this key's finished jobs are POSTed, and the Standard Webhooks
+    # secret (whsec_...) they are signed with, encrypted like virtual keys.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_secret_encrypted: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class VirtualKey(Base):
@@ -229,3 +233,28 @@ class JobInput(Base):
     field: Mapped[str] = mapped_column(String(32))  # "image", "image[1]", "mask"
     info: Mapped[dict[str, Any]] = mapped_column(JSON)  # imaging.probe.ImageInfo's fields
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox: one row per finished job to notify, kept until
+    delivered or given up (gateway/webhooks/). ``id`` is the webhook-id,
+    the same on every attempt, and derived from the job's id, so a job is
+    enqueued once however many replicas try."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    key_id: Mapped[str] = mapped_column(String(32))  # whose secret signs it
+    url: Mapped[str] = mapped_column(String(2048))
+    event: Mapped[str] = mapped_column(String(64))  # image.job.succeeded | failed | cancelled
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the body, exactly as sent and signed
+    # [{at, status_code | error, duration_ms}], oldest first
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    # When it is next due. A replica that claims it moves this past the
+    # attempt's timeout, so one that dies mid-attempt leaves it due again.
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
