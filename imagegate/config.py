@@ -115,6 +115,10 @@ class ServerConfig(_Strict):
     body_timeout_seconds: float = Field(30.0, gt=0)
     max_connections: int = Field(1000, ge=1)
     backlog: int = Field(2048, ge=1)  # connections the kernel queues before they are accepted
+    # A stream (stream=true) on which nothing was sent for this long gets an
+    # SSE comment, ": keep-alive", so proxies' idle timeouts never fire; a
+    # stream whose first event takes longer starts with one (docs/long-requests.md).
+    keepalive_seconds: float = Field(15.0, gt=0)
     fetch: FetchConfig = FetchConfig()
     cors: CorsConfig = CorsConfig()
 

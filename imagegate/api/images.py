@@ -98,9 +98,14 @@ async def _respond(service: ImageService, request: ImageRequest, http: Request, 
 
 
 async def _stream(service: ImageService, request: ImageRequest, http: Request, caller: Caller) -> Response:
-    # The first event is ready before answering, so a request that fails at
-    # once still gets a plain JSON error with the right status.
-    stream = await service.open_stream(request, _base_url(http), caller, request_id(http))
+    # The first event is awaited before answering, up to server.keepalive_seconds,
+    # so a request that fails at once still gets a plain JSON error with the
+    # right status; a slower one starts with a keep-alive (service.open_stream).
+    work = service.open_stream(request, _base_url(http), caller, request_id(http))
+    try:
+        stream = await _unless_disconnected(http, work)
+    except _ClientGone:
+        return Response(status_code=499)  # nobody is listening; the work was cancelled and not charged
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -2,10 +2,13 @@
 over deployments, post-processing, hosting, and settlement on every way out.
 
 * :meth:`RequestRunner.create` runs a request to its end and returns the
-  :class:`Created` answer (the response, its cost, what served it).
-* :meth:`RequestRunner.open_stream` admits a streaming request and runs it
-  until its first event (retries and fallbacks happen only before that),
-  then yields typed events and settles when they end.
+  :class:`Created` answer (the response, its cost, what served it): it is
+  :meth:`RequestRunner.admit`, then :meth:`RequestRunner.execute` (which an
+  asynchronous job calls with its stored admission), then the settlement.
+* :meth:`RequestRunner.open_stream` admits a streaming request and returns
+  its :class:`OpenedStream`: iterated, it routes the request until its first
+  item (retries and fallbacks happen only before that), then yields typed
+  events, and settles when they end, or when it is closed unstarted.
 
 Accounting settles the request on every way out: success, error, cancellation.
 """
@@ -13,8 +16,9 @@ Accounting settles the request on every way out: success, error, cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,10 +56,45 @@ class Created:
 
 
 @dataclass(frozen=True, slots=True)
+class Executed:
+    """An admitted request that ran: its answer and what to charge for it (not yet settled)."""
+
+    response: ImagesResponse
+    outcome: Outcome
+    served: Served[ProviderResult]
+
+
+Opening = Served[tuple[StreamItem, AsyncIterator[StreamItem]]]  # a stream's winning attempt: its first item, the rest
+
+
 class OpenedStream:
-    reserved: int  # nano-dollars held for it (the cost is known when it ends)
-    served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]]
-    events: AsyncGenerator[StreamEvent | KeepAlive, None]
+    """An admitted streaming request, as an async iterator of its events.
+
+    ``reserved``: the nano-dollars held for it (the cost is known when it
+    ends); ``served``: what serves it, once routing found it (None before).
+    Its events settle the request on every way out; :meth:`aclose` settles it
+    too when it is closed before it was ever iterated (a client gone at once)."""
+
+    def __init__(self, reserved: int, unstarted: Callable[[], Awaitable[object]]) -> None:
+        self.reserved = reserved
+        self.served: Opening | None = None
+        self.events: AsyncGenerator[StreamEvent | KeepAlive, None] | None = None
+        self._unstarted: Callable[[], Awaitable[object]] | None = unstarted
+
+    def __aiter__(self) -> OpenedStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent | KeepAlive:
+        assert self.events is not None
+        self._unstarted = None  # from here on the events settle it themselves
+        return await anext(self.events)
+
+    async def aclose(self) -> None:
+        if self.events is not None:
+            await self.events.aclose()
+        unstarted, self._unstarted = self._unstarted, None
+        if unstarted is not None:
+            await asyncio.shield(unstarted())
 
 
 class RequestRunner:
@@ -109,9 +148,29 @@ class RequestRunner:
         admission = await self.accounting.admit(caller, request, self._candidates(legs), request_id, deadline)
         return legs, admission
 
+    async def admit(self, request: ImageRequest, caller: Caller, request_id: str) -> tuple[list[Leg], Admission]:
+        """The request's legs, and its admission: the worst case of every leg
+        reserved on the caller's budget for the route's deadline."""
+        return await self._admit(request, caller, request_id)
+
     async def create(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> Created:
         """Run a request over its deployments and fallbacks."""
         legs, admission = await self._admit(request, caller, request_id)
+        try:
+            done = await self.execute(legs, admission, base_url)
+        except BaseException as exc:  # failed or cancelled: charged nothing
+            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
+            raise
+        # Shielded: a client hanging up now must not cut the charge of work already done.
+        cost = await asyncio.shield(self.accounting.settle(admission, done.outcome))
+        return Created(done.response, cost, done.served)
+
+    async def execute(self, legs: list[Leg], admission: Admission, base_url: str) -> Executed:
+        """Run an admitted request (routing, retries, fallbacks, checks,
+        shaping, hosting) within the route's deadline from now, and say what
+        to charge; the caller settles (on every way out). An error carries
+        the headers of what was tried."""
+        request = admission.request
 
         async def call(req: ImageRequest, deployment: Deployment) -> ProviderResult:
             result = await self.providers[deployment.provider].run(req, deployment)
@@ -122,22 +181,29 @@ class RequestRunner:
             served = await execute(legs, call, self.routes[request.model].policy)
             shaped = await self._shape(served.request, served.value.images, served)
             data = await asyncio.gather(*(self._image_data(served.request, s, base_url) for s in shaped))
-        except BaseException as exc:  # failed or cancelled: charged nothing
-            if isinstance(exc, ImagegateError) and served is not None:  # what was tried goes with the error too
+        except ImagegateError as exc:
+            if served is not None:  # what was tried goes with the error too
                 exc.headers = {**exc.headers, **served.headers()}
-            await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
         req, result = served.request, served.value
         admission.serve(req, served.deployment)
-        # Shielded: a client hanging up now must not cut the charge of work already done.
         outcome = Outcome(len(shaped), result.usage, result.meta, upstream_cost_nusd=result.upstream_cost_nusd)
-        cost = await asyncio.shield(self.accounting.settle(admission, outcome))
-        return Created(images_response(req, result, shaped, list(data)), cost, served)
+        return Executed(images_response(req, result, shaped, list(data)), outcome, served)
 
     async def open_stream(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> OpenedStream:
-        """Admit a streaming request and run it until its first event; it is
-        settled when the events end."""
+        """Admit a streaming request (a refusal is raised here); its events
+        route it (see :class:`OpenedStream`)."""
         legs, admission = await self._admit(request, caller, request_id)
+        cancelled = outcome_of_error(asyncio.CancelledError())
+        opened = OpenedStream(admission.reserved, lambda: self.accounting.settle(admission, cancelled))
+        opened.events = self._events(legs, admission, opened)
+        return opened
+
+    async def _events(
+        self, legs: list[Leg], admission: Admission, opened: OpenedStream
+    ) -> AsyncGenerator[StreamEvent | KeepAlive, None]:
+        """Run the request until its first item (retries and fallbacks happen
+        only before that), then its events (:meth:`_stream`)."""
 
         async def first(req: ImageRequest, deployment: Deployment) -> tuple[StreamItem, AsyncIterator[StreamItem]]:
             events = self.providers[deployment.provider].stream(req, deployment)
@@ -151,17 +217,21 @@ class RequestRunner:
                 await _aclose(events)
                 raise
 
+        policy = self.routes[admission.request.model].policy
         try:
-            served = await execute(legs, first, self.routes[request.model].policy, hold=True)
+            served = await execute(legs, first, policy, hold=True)
         except BaseException as exc:
             await asyncio.shield(self.accounting.settle(admission, outcome_of_error(exc)))
             raise
         admission.serve(served.request, served.deployment)
-        deadline = admission.started + self.routes[request.model].policy.deadline_seconds
-        return OpenedStream(admission.reserved, served, self._stream(served, admission, deadline))
+        opened.served = served
+        deadline = admission.started + policy.deadline_seconds
+        async with contextlib.aclosing(self._stream(served, admission, deadline)) as events:
+            async for event in events:
+                yield event
 
     async def _stream(
-        self, served: Served[tuple[StreamItem, AsyncIterator[StreamItem]]], admission: Admission, deadline: float
+        self, served: Opening, admission: Admission, deadline: float
     ) -> AsyncGenerator[StreamEvent | KeepAlive, None]:
         request, (head, rest) = served.request, served.value
         images, usage, meta, extra = 0, None, ImageMeta(), 0

@@ -33,6 +33,7 @@ from imagegate.contract.validate import ModelDirectory
 from imagegate.errors import InvalidRequestError
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.hosted import HostedFiles
+from imagegate.gateway.keepalive import IDLE, ticking
 from imagegate.gateway.readiness import readiness
 from imagegate.gateway.rendering import json_body
 from imagegate.gateway.routes import Route
@@ -70,8 +71,9 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    """A stream whose first event is ready: what is held for it (nano-dollars),
-    the headers saying what serves it, and the events, the first included."""
+    """A stream ready to answer: what is held for it (nano-dollars), the
+    headers saying what serves it (none when it starts with a keep-alive),
+    and the events, the first included."""
 
     reserved: int
     headers: dict[str, str]
@@ -163,21 +165,28 @@ class ImageService:
             log.warning("giving back an Idempotency-Key claim failed: %s", exc)
 
     async def open_stream(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> Stream:
-        """Admit a streaming request and run it until its first event is ready
-        (retries and fallbacks happen only before that, so a request that
-        fails at once is still a plain error); settled when the events end."""
+        """Admit a streaming request and wait for its first event, at most
+        ``server.keepalive_seconds``. Retries and fallbacks happen only before
+        its first event, so a request that fails within that time is still a
+        plain error (raised here). One that takes longer is answered at once
+        with a keep-alive first (its errors are then in-band events, and what
+        serves it is not known yet: no x-imagegate-model/provider/attempts
+        headers). From then on a keep-alive goes out whenever nothing else was
+        sent for that long. Settled when the events end or are closed."""
         opened = await self.runner.open_stream(request, base_url, caller, request_id)
-        first = await anext(opened.events)
+        merged = ticking(opened, self.settings.server.keepalive_seconds)
+        first = await anext(merged)  # raised: `merged` has closed `opened`, which settled it
 
         async def events() -> AsyncGenerator[StreamEvent | KeepAlive, None]:
             try:
-                yield first
-                async for event in opened.events:
-                    yield event
+                yield IDLE if first is None else first
+                async for event in merged:
+                    yield IDLE if event is None else event
             finally:
-                await opened.events.aclose()
+                await merged.aclose()
 
-        return Stream(opened.reserved, answer_headers(opened.served), events())
+        headers = answer_headers(opened.served) if first is not None and opened.served is not None else {}
+        return Stream(opened.reserved, headers, events())
 
     # -- hosted files ------------------------------------------------------
 
