@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.accounting import budgets, keys, reservations
@@ -78,6 +78,9 @@ class Admission:
     reserved: int
     started: float = field(default_factory=time.monotonic)
     reservation_id: str | None = None  # the row that holds ``reserved``; None when nothing is held
+    # A settlement id fixed in advance (a job's ``job:<id>``): settling again
+    # with it charges nothing twice (the usage row's unique settlement_id).
+    settlement_id: str | None = None
 
     def serve(self, request: ImageRequest, deployment: Deployment) -> None:
         self.request, self.deployment = request, deployment
@@ -396,11 +399,11 @@ class Accounting:
             status=outcome.status,
             error_code=outcome.error_code,
         )
-        if caller.key_id is None:  # nothing to settle: the row goes out in the next batch
+        if caller.key_id is None and admission.settlement_id is None:  # nothing to settle: the row goes out in the next batch
             self.usage_writer.add(row)
             return charged
         entry: dict[str, Any] = {
-            "settlement_id": admission.reservation_id or f"stl_{secrets.token_hex(12)}",
+            "settlement_id": admission.settlement_id or admission.reservation_id or f"stl_{secrets.token_hex(12)}",
             "reservation_id": admission.reservation_id,
             "key_id": caller.key_id,
             "team": caller.team,
@@ -411,6 +414,10 @@ class Accounting:
             try:
                 await self._apply(entry)
                 return charged
+            except IntegrityError:
+                if admission.settlement_id is None:
+                    raise
+                return await self._settled_before(admission.settlement_id)
             except Exception as exc:
                 failure = exc
                 if delay is not None:
@@ -430,10 +437,22 @@ class Accounting:
 
     async def _apply(self, entry: dict[str, Any]) -> None:
         """One settlement, in one transaction: give back the reservation (if
-        no sweep did already), charge, write the usage row."""
+        no sweep did already), charge, write the usage row. A caller with no
+        key (a job's settlement id without one) only writes the row."""
         async with self.db.transaction() as session:
-            await reservations.settle(session, entry["reservation_id"], entry["key_id"], entry["team"], entry["charge"])
+            if entry["key_id"] is not None:
+                await reservations.settle(session, entry["reservation_id"], entry["key_id"], entry["team"], entry["charge"])
             await session.execute(_INSERT_USAGE, {**entry["row"], "settlement_id": entry["settlement_id"]})
+
+    async def _settled_before(self, settlement_id: str) -> int:
+        """A settlement applied before (its usage row exists): nothing more is
+        charged or released; what it charged then."""
+        async with self.db.read() as session:
+            charged = (
+                await session.execute(select(UsageRecord.cost_nusd).where(UsageRecord.settlement_id == settlement_id))
+            ).scalar_one_or_none()
+        log.info("settlement %s was already applied: nothing charged again", settlement_id)
+        return int(charged or 0)
 
     async def _apply_journaled(self, entry: dict[str, Any]) -> None:
         row = {**entry["row"], "created_at": datetime.fromisoformat(entry["row"]["created_at"])}
