@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from imagegate import __version__
-from imagegate.api import admin, files, images, meta, openapi
+from imagegate.api import admin, files, images, jobs, meta, openapi
 from imagegate.api.docs import install_docs
 from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import build_middleware
@@ -49,6 +49,7 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
     app.state.service = service
     install_error_handlers(app)
     app.include_router(images.router)
+    app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(meta.router)
     app.include_router(admin.router)

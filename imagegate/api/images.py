@@ -14,9 +14,10 @@ from starlette.responses import Response, StreamingResponse
 
 from imagegate.accounting.caller import Caller
 from imagegate.accounting.money import usd_str
-from imagegate.api import openapi
+from imagegate.api import jobs, openapi
 from imagegate.api.bodies import IMAGE_FIELDS, read_form, read_json_object, require_media_type
 from imagegate.api.deps import CallerDep, ServiceDep, request_id
+from imagegate.api.jobs import prefers_async
 from imagegate.api.middleware import COST_HEADER, RESERVED_HEADER
 from imagegate.api.render import sse, sse_comment
 from imagegate.contract.build import FormBody, RequestBuilder
@@ -134,6 +135,8 @@ async def _stream(service: ImageService, request: ImageRequest, http: Request, c
 async def create_image(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "application/json")
     request = await _build(service, caller, http, "generations", await read_json_object(http))
+    if prefers_async(http):  # Prefer: respond-async: a job (api/jobs.py)
+        return await jobs.submit(service, request, http, caller)
     return await _respond(service, request, http, caller)
 
 
@@ -145,6 +148,8 @@ async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDe
     else:
         body = await read_form(http, file_fields=(*IMAGE_FIELDS, "mask"))
     request = await _build(service, caller, http, "edits", body)
+    if prefers_async(http):  # Prefer: respond-async: a job (api/jobs.py)
+        return await jobs.submit(service, request, http, caller)
     return await _respond(service, request, http, caller)
 
 
@@ -152,4 +157,6 @@ async def create_image_edit(http: Request, service: ServiceDep, caller: CallerDe
 async def create_image_variation(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
     require_media_type(http, "multipart/form-data")
     request = await _build(service, caller, http, "variations", await read_form(http, file_fields=IMAGE_FIELDS))
+    if prefers_async(http):  # Prefer: respond-async: a job (api/jobs.py)
+        return await jobs.submit(service, request, http, caller)
     return await _respond(service, request, http, caller)

@@ -33,6 +33,7 @@ from imagegate.contract.validate import ModelDirectory
 from imagegate.errors import InvalidRequestError
 from imagegate.gateway.fetch import ImageFetcher
 from imagegate.gateway.hosted import HostedFiles
+from imagegate.gateway.jobs.service import JobService
 from imagegate.gateway.keepalive import IDLE, ticking
 from imagegate.gateway.readiness import readiness
 from imagegate.gateway.rendering import json_body
@@ -107,6 +108,8 @@ class ImageService:
         self._background: set[asyncio.Task[None]] = set()
         self.directory = ModelDirectory({n: r.rules for n, r in routes.items()}, settings.default_model)
         self.runner = RequestRunner(routes, providers, accounting, hosted, settings.models, settings.server.max_image_pixels)
+        self.jobs = JobService(settings, accounting, self.runner, routes, hosted)
+        sweeper.jobs = self.jobs  # queued jobs past their time, finished ones past their results' lifetime
 
     # -- requests ----------------------------------------------------------
 
@@ -210,10 +213,13 @@ class ImageService:
                                 "keys and teams with a budget are refused it, others are recorded at $0 (estimated)"
                                 if refused else "its requests are recorded at $0 (pricing_missing: allow)", name)  # fmt: skip
 
+        await self.jobs.start()  # after the providers: its workers run jobs at once
+
     async def readiness(self) -> dict[str, bool]:
         return await readiness(self.storage, self.accounting.db, self.providers)
 
     async def aclose(self) -> None:
+        await self.jobs.aclose()  # running jobs finish or are handed back first
         await self.accounting.aclose()
         await self.fetcher.aclose()
         for provider in self.providers.values():

@@ -1,7 +1,9 @@
 """The sweeper: housekeeping every ``storage.sweep_interval_seconds``.
 
 Each pass deletes hosted images whose URLs have expired (and the oldest over
-``storage.max_gb``), forgets idempotency records past their time, and lets
+``storage.max_gb``), forgets idempotency records past their time, ends
+queued jobs past their queue time and deletes finished ones past their
+results' lifetime, and lets
 accounting apply journaled settlements and drop stale reservations. Each
 sweep runs on its own: one failing (a storage error every pass) never stops
 the others, and costs one log line per pass, not a traceback.
@@ -36,6 +38,7 @@ class Sweeper:
         self.idempotency = idempotency
         self.accounting = accounting
         self.interval_seconds = interval_seconds
+        self.jobs: Sweeps | None = None  # asynchronous jobs (gateway/jobs/), set by the service
 
     async def forever(self) -> None:
         while True:
@@ -54,6 +57,11 @@ class Sweeper:
             await self.idempotency.sweep()
         except Exception as exc:
             log.warning("sweeping idempotency records failed, retrying on the next sweep: %s", exc)
+        if self.jobs is not None:
+            try:
+                await self.jobs.sweep()
+            except Exception as exc:
+                log.warning("sweeping jobs failed, retrying on the next sweep: %s", exc)
         try:  # journaled settlements, stale budget reservations
             await self.accounting.housekeeping()
         except Exception as exc:
