@@ -24,6 +24,7 @@ from imagegate.contract.catalog import ModelSpec
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade
 from imagegate.errors import ImagegateError
+from imagegate.gateway.webhooks.urls import WebhookURLs
 
 T = TypeVar("T")
 CONFIG = click.option("--config", "config_path", envvar="IMAGEGATE_CONFIG", type=click.Path(dir_okay=False),
@@ -38,7 +39,7 @@ def _settings(config_path: str | None) -> Settings:
 
 
 # An error about one of these fields is about the option that gave it (exit status 2).
-OPTION_OF = {"group_by": "--by", "provider": "--provider"}
+OPTION_OF = {"group_by": "--by", "provider": "--provider", "webhook_url": "--webhook-url"}
 
 
 def run_admin(settings: Settings, work: Callable[[Admin], Awaitable[T]]) -> T:
@@ -51,7 +52,8 @@ def run_admin(settings: Settings, work: Callable[[Admin], Awaitable[T]]) -> T:
     async def go() -> T:
         db = Database(settings.database_url)
         try:
-            return await work(Admin(db, vault, providers=settings.providers))
+            check_url = WebhookURLs(settings.webhooks).check_key_url
+            return await work(Admin(db, vault, providers=settings.providers, check_webhook_url=check_url))
         finally:
             await db.aclose()
 
@@ -99,6 +101,7 @@ KEY_OPTIONS = [
     click.option("--ipm", type=click.IntRange(min=1), help="Images per minute."),
     click.option("--budget", type=click.FloatRange(min=0), help="Budget in USD for each period."),
     click.option("--period", type=click.Choice(keys.PERIODS), help="Budget period (default: total)."),
+    click.option("--webhook-url", help="Where the key's finished jobs are POSTed (signed; a first URL makes its secret)."),
 ]
 
 
@@ -138,17 +141,20 @@ def keys_create(
     ipm: int | None,
     budget: float | None,
     period: str | None,
+    webhook_url: str | None,
     admin: bool,
     as_json: bool,
 ) -> None:
-    """Create a key; its secret is printed once."""
+    """Create a key; its secret (and webhook secret) is printed once."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), rpm=rpm, ipm=ipm,
-                        budget_usd=budget, budget_period=period, is_admin=admin)  # fmt: skip
+                        budget_usd=budget, budget_period=period, is_admin=admin, webhook_url=webhook_url)  # fmt: skip
     settings = _settings(config_path)
     view = run_admin(settings, lambda admin: admin.create_key(spec))
     _print(view, as_json)
     if not as_json:
         click.echo("\nStore the key now: it is not shown again.", err=True)
+        if "webhook_secret" in view:
+            click.echo("Store the webhook secret now too: it is not shown again.", err=True)
     _warn_unless_enforced(settings)
 
 
@@ -195,8 +201,8 @@ def keys_show(config_path: str | None, ref: str, as_json: bool) -> None:
 @click.option("--name")
 @key_options
 @click.option("--enable/--disable", default=None, help="Turn the key on or off.")
-@click.option("--clear", multiple=True, type=click.Choice(["rpm", "ipm", "budget", "models", "expires_at", "team"]),
-              help="Remove a limit (repeatable).")  # fmt: skip
+@click.option("--clear", multiple=True, help="Remove a limit or the webhook URL (repeatable).",
+              type=click.Choice(["rpm", "ipm", "budget", "models", "expires_at", "team", "webhook_url"]))  # fmt: skip
 @AS_JSON
 def keys_update(
     config_path: str | None,
@@ -209,14 +215,29 @@ def keys_update(
     ipm: int | None,
     budget: float | None,
     period: str | None,
+    webhook_url: str | None,
     enable: bool | None,
     clear: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Change a key's limits, budget, models, expiry or state."""
+    """Change a key's limits, budget, models, expiry, webhook URL or state."""
     spec = keys.KeySpec(name=name, team=team, models=_models(models), expires_at=_utc(expires), enabled=enable,
-                        rpm=rpm, ipm=ipm, budget_usd=budget, budget_period=period)  # fmt: skip
-    _print(run_admin(_settings(config_path), lambda admin: admin.update_key(ref, spec, clear)), as_json)
+                        rpm=rpm, ipm=ipm, budget_usd=budget, budget_period=period, webhook_url=webhook_url)  # fmt: skip
+    view = run_admin(_settings(config_path), lambda admin: admin.update_key(ref, spec, clear))
+    _print(view, as_json)
+    if "webhook_secret" in view and not as_json:
+        click.echo("\nStore the webhook secret now: it is not shown again.", err=True)
+
+
+@keys_group.command("rotate-webhook-secret")
+@CONFIG
+@click.argument("ref")
+@AS_JSON
+def keys_rotate_webhook_secret(config_path: str | None, ref: str, as_json: bool) -> None:
+    """Give a key a new webhook secret (printed once); the old one stops signing at once."""
+    _print(run_admin(_settings(config_path), lambda admin: admin.rotate_webhook_secret(ref)), as_json)
+    if not as_json:
+        click.echo("\nStore the webhook secret now: it is not shown again.", err=True)
 
 
 @keys_group.command("revoke")

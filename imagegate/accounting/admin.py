@@ -13,10 +13,11 @@ envelopes and the CLI prints.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from imagegate.accounting import keys, reservations, usage
+from imagegate.accounting import keys, reservations, usage, webhook_keys
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.reprice import PriceOf, Report, reprice
 from imagegate.accounting.vault import Change, Vault, view
@@ -33,6 +34,9 @@ class Admin:
     provider must be among (None: not checked). ``flush_usage``: writes
     usage rows still waiting for their batch, so a summary includes them
     (a server's :meth:`Accounting.flush_usage`; a CLI process has none).
+    ``check_webhook_url``: refuses a key's webhook URL that may not be used
+    (gateway/webhooks/urls.py: a 400 naming ``webhook_url``) and gives it as
+    it will be used; without it, webhook URLs cannot be set.
     """
 
     def __init__(
@@ -43,12 +47,14 @@ class Admin:
         models: Collection[str] | None = None,
         providers: Collection[str] | None = None,
         flush_usage: Callable[[], Awaitable[None]] | None = None,
+        check_webhook_url: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.db = db
         self.vault = vault
         self._models = models
         self._providers = providers
         self._flush_usage = flush_usage
+        self._check_webhook_url = check_webhook_url
 
     def _check_models(self, models: list[str] | None) -> None:
         if self._models is None:
@@ -59,12 +65,26 @@ class Admin:
 
     # -- keys ------------------------------------------------------------------
 
+    async def _webhook_spec(self, spec: keys.KeySpec) -> keys.KeySpec:
+        """``spec`` with its webhook URL checked (before any transaction: the check resolves the host)."""
+        if spec.webhook_url is None:
+            return spec
+        if self._check_webhook_url is None:
+            raise InvalidRequestError("Webhook URLs cannot be set here.", param="webhook_url")
+        return replace(spec, webhook_url=await self._check_webhook_url(spec.webhook_url))
+
     async def create_key(self, spec: keys.KeySpec) -> View:
-        """A new key's view with its secret (``key``): the only time it is shown."""
+        """A new key's view with its secret (``key``): the only time it is
+        shown; with a webhook URL, its webhook secret (``webhook_secret``) too."""
         self._check_models(spec.models)
+        spec = await self._webhook_spec(spec)
         async with self.db.transaction() as session:
             key, secret = await keys.create_key(session, spec)
-            return {**keys.key_view(key), "key": secret}
+            shown = {"key": secret}
+            if spec.webhook_url is not None:
+                shown["webhook_secret"] = webhook_keys.give_secret(key, self.vault)
+                await session.flush()
+            return {**keys.key_view(key), **shown}
 
     async def list_keys(self, team: str | None = None) -> list[View]:
         async with self.db.read() as session:
@@ -78,8 +98,23 @@ class Admin:
     async def update_key(self, ref: str, spec: keys.KeySpec, clear: Collection[str] = ()) -> View:
         """Apply the fields ``spec`` gives; names in ``clear`` are set to none (no limit)."""
         self._check_models(spec.models)
+        spec = await self._webhook_spec(spec)
         async with self.db.transaction() as session:
-            return keys.key_view(await keys.update_key(session, ref, spec, clear=set(clear)))
+            key = await keys.update_key(session, ref, spec, clear=set(clear))
+            if spec.webhook_url is None or key.webhook_secret_encrypted is not None:
+                return keys.key_view(key)
+            secret = webhook_keys.give_secret(key, self.vault)  # a first webhook URL: its secret, shown once
+            await session.flush()
+            return {**keys.key_view(key), "webhook_secret": secret}
+
+    async def rotate_webhook_secret(self, ref: str) -> View:
+        """Give the key a new webhook secret (``webhook_secret``, shown this
+        once); the old one stops signing at once."""
+        async with self.db.transaction() as session:
+            key = await keys.get_key(session, ref)
+            secret = webhook_keys.give_secret(key, self.vault)
+            await session.flush()
+            return {**keys.key_view(key), "webhook_secret": secret}
 
     async def revoke_key(self, ref: str) -> View:
         async with self.db.transaction() as session:

@@ -43,6 +43,7 @@ class KeySpec:
     budget_usd: float | None = None
     budget_period: str | None = None
     is_admin: bool | None = None
+    webhook_url: str | None = None  # checked by the caller (gateway/webhooks/urls.py)
 
 
 # Upper bounds, so a value always fits the database's 64-bit integers (nano-dollars).
@@ -94,6 +95,7 @@ async def create_key(session: AsyncSession, spec: KeySpec) -> tuple[ApiKey, str]
         spent_nusd=0,
         reserved_nusd=0,
         created_at=utcnow(),
+        webhook_url=spec.webhook_url,
     )
     if spec.team:
         await ensure_team(session, spec.team)
@@ -131,7 +133,7 @@ async def update_key(session: AsyncSession, ref: str, spec: KeySpec, *, clear: S
     """Apply the given fields; names in ``clear`` are set to none (no limit)."""
     _check(spec)
     key = await get_key(session, ref)
-    for name in ("name", "team", "expires_at", "enabled", "rpm", "ipm", "is_admin", "budget_period"):
+    for name in ("name", "team", "expires_at", "enabled", "rpm", "ipm", "is_admin", "budget_period", "webhook_url"):
         value = getattr(spec, name)
         if value is not None:
             setattr(key, name, value)
@@ -200,6 +202,8 @@ def key_view(key: ApiKey) -> dict[str, Any]:
         "reserved_usd": usd_str(key.reserved_nusd),
         "created_at": when(key.created_at),
         "revoked_at": when(key.revoked_at),
+        "webhook_url": key.webhook_url,
+        "webhook_secret_set": key.webhook_secret_encrypted is not None,
     }
 
 

@@ -75,12 +75,22 @@ class Vault:
     def __init__(self, encryption_key: str | None) -> None:
         self._fernet = Fernet(encryption_key.encode()) if encryption_key else None
 
-    def _require(self) -> Fernet:
+    def _require(self, what: str = "Virtual keys", code: str = "virtual_keys_disabled") -> Fernet:
         if self._fernet is None:
-            raise ImagegateError(
-                "Virtual keys need auth.encryption_key in the configuration.", code="virtual_keys_disabled", status=501
-            )
+            raise ImagegateError(f"{what} need auth.encryption_key in the configuration.", code=code, status=501)
         return self._fernet
+
+    def seal(self, secret: str, what: str, code: str) -> str:
+        """``secret`` encrypted for storage (another secret than a virtual
+        key's: ``what`` and ``code`` name it when there is no encryption key)."""
+        return self._require(what, code).encrypt(secret.encode()).decode()
+
+    def unseal(self, token: str, what: str, code: str) -> str:
+        """What :meth:`seal` sealed; an ImagegateError when it cannot be read."""
+        try:
+            return self._require(what, code).decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ImagegateError(f"{what} could not be decrypted: auth.encryption_key has changed.", code=code) from None
 
     async def put(
         self,

@@ -20,11 +20,12 @@ from imagegate.api.deps import AdminDep, ServiceDep
 from imagegate.api.render import JSONBody
 from imagegate.contract import catalog
 from imagegate.gateway.models_view import model_views
+from imagegate.gateway.webhooks.urls import WebhookURLs
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 Period = Literal["total", "daily", "weekly", "monthly"]
-Clearable = Literal["rpm", "ipm", "budget", "models", "expires_at", "team"]
+Clearable = Literal["rpm", "ipm", "budget", "models", "expires_at", "team", "webhook_url"]
 
 
 class _Body(BaseModel):
@@ -41,6 +42,7 @@ class KeyCreate(_Body):
     budget_usd: float | None = Field(None, ge=0, le=keys.MAX_BUDGET_USD)
     budget_period: Period = "total"
     admin: bool = False
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)  # its jobs' webhooks; the secret is shown once
 
 
 class KeyUpdate(_Body):
@@ -54,6 +56,7 @@ class KeyUpdate(_Body):
     budget_usd: float | None = Field(None, ge=0, le=keys.MAX_BUDGET_USD)
     budget_period: Period | None = None
     admin: bool | None = None
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)
     clear: list[Clearable] = []
 
 
@@ -91,6 +94,7 @@ def _spec(body: KeyCreate | KeyUpdate) -> keys.KeySpec:
         budget_usd=body.budget_usd,
         budget_period=body.budget_period,
         is_admin=body.admin,
+        webhook_url=body.webhook_url,
     )
 
 
@@ -98,7 +102,12 @@ def _admin(service: ServiceDep) -> Admin:
     """The admin operations on the server's database, checked against its models and providers."""
     accounting = service.accounting
     return Admin(
-        accounting.db, accounting.vault, models=service.routes, providers=service.providers, flush_usage=accounting.flush_usage
+        accounting.db,
+        accounting.vault,
+        models=service.routes,
+        providers=service.providers,
+        flush_usage=accounting.flush_usage,
+        check_webhook_url=WebhookURLs(service.settings.webhooks).check_key_url,
     )
 
 
@@ -128,6 +137,12 @@ async def update_key(ref: str, body: KeyUpdate, admin: AdminOps, _: AdminDep) ->
 @router.delete("/keys/{ref}", response_model=None)
 async def revoke_key(ref: str, admin: AdminOps, _: AdminDep) -> JSONBody:
     return JSONBody(await admin.revoke_key(ref))
+
+
+@router.post("/keys/{ref}/webhook-secret", response_model=None)
+async def rotate_webhook_secret(ref: str, admin: AdminOps, _: AdminDep) -> JSONBody:
+    """A new webhook secret for the key (``webhook_secret``, shown once); the old one stops signing at once."""
+    return JSONBody(await admin.rotate_webhook_secret(ref))
 
 
 @router.get("/reservations", response_model=None)

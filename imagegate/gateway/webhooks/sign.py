@@ -3,26 +3,17 @@
 
 The spec: https://www.standardwebhooks.com/ and
 https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
-(symmetric scheme, ``whsec_`` secrets of 24 to 64 random bytes, base64).
+(symmetric scheme; a key's ``whsec_`` secret: accounting/webhook_keys.py).
 The HMAC itself is the reference library's (PyPI ``standardwebhooks``,
 ``Webhook.sign``), the one receivers verify with, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-import base64
 import secrets
 from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
-
-SECRET_PREFIX = "whsec_"
-SECRET_BYTES = 32  # the spec asks for 24 to 64
-
-
-def new_secret() -> str:
-    """A fresh ``whsec_<base64>`` secret (32 random bytes)."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def new_message_id() -> str:

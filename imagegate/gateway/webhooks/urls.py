@@ -84,6 +84,10 @@ class WebhookURLs:
             raise InvalidRequestError(f"The webhook URL in '{param}' {exc}", param=param, code="invalid_webhook_url") from None
         return str(parsed)
 
+    async def check_key_url(self, url: str) -> str:
+        """A key's webhook URL as an administrator sets it (a 400 naming ``webhook_url``)."""
+        return await self.check(url, param="webhook_url", per_request=False)
+
     async def address(self, url: httpx.URL) -> str:
         """The address to connect to for ``url``: its host resolved once, every
         address checked. Raises RefusedAddress."""
