@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import shlex
@@ -113,7 +114,8 @@ def models_command(config_path: str | None, as_json: bool) -> None:
         return
     for view in views:
         sizes = ", ".join(view["sizes"]) + (" or WxH within limits" if view["free_size"] else "")
-        retired = f"  RETIRED {view['retired']}" if view["retired"] else ""
+        when = "RETIRED" if view["retired"] and view["retired"] <= datetime.date.today().isoformat() else "RETIRES"
+        retired = f"  {when} {view['retired']}" if view["retired"] else ""
         click.echo(f"{view['id']}{retired}")
         click.echo(f"  rules: {view['rules']}, {view['rules_origin']}; endpoints: {', '.join(view['endpoints'])}")
         click.echo(f"  sizes: {sizes}; qualities: {', '.join(view['qualities'])}; n <= {view['n_max']}")

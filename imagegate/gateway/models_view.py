@@ -1,18 +1,21 @@
 """What each served model's rules and price are, and where they came from:
 ``GET /admin/models`` and ``imagegate models`` show the same view. Also the
-start-up warning for deployments that send a retired model name to OpenAI."""
+start-up warning for deployments that send a vendor (OpenAI, Google) a model
+name it has retired."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.prices import PerMegapixel, PerToken, Price, PriceBook, price_names
 from imagegate.config import Settings
+from imagegate.contract import catalog
 from imagegate.contract.catalog import Catalog, ModelSpec
 from imagegate.gateway.routes import Route
 
@@ -21,6 +24,34 @@ log = logging.getLogger("imagegate.models")
 OPENAI_HOSTS = frozenset({"api.openai.com"})
 # A model that retires within this many days is announced at start too.
 RETIRING_SOON_DAYS = 90
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """Whose retirement dates the catalog records for a provider type's
+    models, the hosts that are that vendor itself (a host ending in
+    "-" or "." + one of them counts too: Vertex AI's regional endpoints),
+    and a current model to suggest instead."""
+
+    name: str
+    hosts: frozenset[str]
+    suggestion: str
+
+
+# Provider types that call a vendor whose shut-down model names the catalog
+# records (openai.yaml, google.yaml, vertex.yaml). Other types (Azure, proxies,
+# local models) keep their own schedules: no warning.
+VENDORS = {
+    "openai": Vendor("OpenAI", OPENAI_HOSTS, "gpt-image-2"),
+    "gemini": Vendor("Google", frozenset({"generativelanguage.googleapis.com"}), "gemini-nano-banana-2.1"),
+    # {location}-aiplatform.googleapis.com, aiplatform.googleapis.com, aiplatform.{us,eu}.rep.googleapis.com
+    "vertex": Vendor("Google", frozenset({"aiplatform.googleapis.com", "rep.googleapis.com"}), "gemini-nano-banana-2.1"),
+}
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1"}
+
+
+def _is_vendor_host(host: str | None, vendor: Vendor) -> bool:
+    return host is not None and any(host == h or host.endswith(("." + h, "-" + h)) for h in vendor.hosts)
 
 
 def price_view(price: Price | None) -> dict[str, Any] | None:
@@ -109,23 +140,29 @@ def model_views(routes: Mapping[str, Route], entries: Catalog, prices: PriceBook
 
 
 def retirement_warnings(settings: Settings, routes: Mapping[str, Route], today: datetime.date | None = None) -> list[str]:
-    """A line per deployment that sends OpenAI itself a model name OpenAI has
-    shut down (or shuts down within RETIRING_SOON_DAYS)."""
+    """A line per deployment that sends a vendor itself (OpenAI at
+    api.openai.com, Google's Gemini API or Vertex AI) a model name the vendor
+    has shut down (or shuts down within RETIRING_SOON_DAYS): the date of the
+    upstream name's own catalog entry, else of the route's rules."""
     today = today or datetime.date.today()
+    entries = catalog.effective(settings.catalog)
     lines = []
     for name, route in routes.items():
-        retired = route.rules.retired
-        if retired is None or (retired - today).days > RETIRING_SOON_DAYS:
-            continue
         for dep in route.deployments:
             provider = settings.providers[dep.provider]
-            base_url = str(provider.options().get("base_url") or "https://api.openai.com/v1")
-            if provider.type != "openai" or urlsplit(base_url).hostname not in OPENAI_HOSTS:
+            vendor = VENDORS.get(provider.type)
+            own = entries.lookup(dep.model)
+            retired = own.retired if own is not None else route.rules.retired
+            if vendor is None or retired is None or (retired - today).days > RETIRING_SOON_DAYS:
                 continue
+            base_url = provider.options().get("base_url") or DEFAULT_BASE_URLS.get(provider.type)
+            if base_url is not None and not _is_vendor_host(urlsplit(str(base_url)).hostname, vendor):
+                continue  # a proxy or stand-in with its own schedule
             when = "shut down" if retired <= today else "shuts down"
             lines.append(
-                f"model {name!r} (deployment {dep.provider}/{dep.model}): OpenAI {when} {dep.model!r} on {retired.isoformat()}; "
-                "point it at a current model (e.g. gpt-image-2) or at an upstream that still serves it"
+                f"model {name!r} (deployment {dep.provider}/{dep.model}): {vendor.name} {when} {dep.model!r} on "
+                f"{retired.isoformat()}; point it at a current model (e.g. {vendor.suggestion}) or at an upstream "
+                "that still serves it"
             )
     return lines
 

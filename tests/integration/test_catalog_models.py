@@ -240,6 +240,21 @@ def test_retired_names_sent_to_openai_are_logged_at_start(tmp_path: Path) -> Non
     assert "'gpt-image-2'" not in log
 
 
+def test_retired_imagen_sent_to_google_is_logged_at_start(tmp_path: Path) -> None:
+    config = {
+        "storage": {"signing_key": SIGNING_KEY},
+        "providers": {"google": {"type": "gemini", "api_key": "never-used"}},  # Google's host: never called here
+        "models": {
+            "imagen-4.0-fast-generate-001": [{"provider": "google"}],
+            "gemini-nano-banana-2.1": [{"provider": "google"}],
+        },
+    }
+    with serve_process(config, tmp_path) as served:
+        log = served.log()
+    assert "Google shut down 'imagen-4.0-fast-generate-001' on 2026-08-17" in log
+    assert "(e.g. gemini-nano-banana-2.1)" in log and "'gemini-nano-banana-2.1' on" not in log
+
+
 def test_images_a_stream_delivered_before_it_failed_are_charged(gw: Running, up: OpenAIStandIn) -> None:
     key = admin(gw, "POST", "/admin/keys", json={"name": "streamer", "budget_usd": 10}).json()
     b64 = base64.b64encode(make_image(1024, 1024)).decode()
