@@ -41,6 +41,7 @@ from imagegate.gateway.routes import Route
 from imagegate.gateway.routing import Served
 from imagegate.gateway.runner import RequestRunner
 from imagegate.gateway.sweeper import Sweeper
+from imagegate.gateway.webhooks.service import Webhooks
 from imagegate.providers.base import Provider
 from imagegate.storage.base import ObjectStream, Storage
 
@@ -110,6 +111,9 @@ class ImageService:
         self.runner = RequestRunner(routes, providers, accounting, hosted, settings.models, settings.server.max_image_pixels)
         self.jobs = JobService(settings, accounting, self.runner, routes, hosted)
         sweeper.jobs = self.jobs  # queued jobs past their time, finished ones past their results' lifetime
+        self.webhooks = Webhooks(settings.webhooks, accounting.db, accounting.vault, self.jobs.view)
+        self.jobs.on_finished.append(self.webhooks.job_finished)  # signed webhooks of finished jobs
+        self.jobs.validate_webhook_url = self.webhooks.check_url
 
     # -- requests ----------------------------------------------------------
 
@@ -214,12 +218,14 @@ class ImageService:
                                 if refused else "its requests are recorded at $0 (pricing_missing: allow)", name)  # fmt: skip
 
         await self.jobs.start()  # after the providers: its workers run jobs at once
+        await self.webhooks.start()  # the delivery loop: webhooks a previous life left are sent too
 
     async def readiness(self) -> dict[str, bool]:
         return await readiness(self.storage, self.accounting.db, self.providers)
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # running jobs finish or are handed back first
+        await self.webhooks.aclose()  # after the jobs' listeners: what they enqueued waits in the outbox
         await self.accounting.aclose()
         await self.fetcher.aclose()
         for provider in self.providers.values():

@@ -56,6 +56,7 @@ class Webhooks:
         self.render = render
         self.urls = WebhookURLs(config)
         self.deliverer = Deliverer(db, config, self.urls, lambda key_id: secret_of(db, vault, key_id))
+        self._task: asyncio.Task[None] | None = None
 
     async def check_url(self, url: str | None, caller: Caller) -> str | None:
         """The URL a job submitted by ``caller`` will be POSTed to when it
@@ -123,5 +124,13 @@ class Webhooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
 
+    async def start(self) -> None:
+        """Run :meth:`run` in the background until :meth:`aclose`."""
+        self._task = asyncio.create_task(self.run(), name="imagegate-webhooks-sweep")
+
     async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         await self.deliverer.aclose()
