@@ -75,10 +75,10 @@ class JobWorkers:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before looking: a wake-up from now on ends the wait below
             free = self.config.workers - len(self._tasks)
             claimed: list[Claimed] = []
             if free > 0:
-                self._wake.clear()
                 try:
                     claimed = await store.claim(self.db, self.me, self.config.lease_seconds, free)
                 except Exception as exc:  # the database is away: try again at the next poll

@@ -1,0 +1,163 @@
+"""Jobs across crashes (issue 16, Reliability): a real server process is
+killed with SIGKILL while 50 jobs are queued or running, then restarted
+(SQLite), or left to a second replica (PostgreSQL). Every accepted job ends
+succeeded, failed or cancelled; none is lost; no prompt reaches the stand-in
+upstream twice; the key's spend is the sum of its jobs' costs and nothing
+stays reserved.
+
+(A synchronous request's reservation left by a killed process is released
+at the restart: tests/integration/test_money_faults.py,
+test_kill_9_mid_request_then_restart_gives_the_budget_back.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from standin_openai import Fault, OpenAIStandIn
+
+from support import SIGNING_KEY, serve_process
+
+MASTER = "master-key-for-the-job-crash-tests-01"
+JOBS = 50
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class SlowOpenAI(OpenAIStandIn):
+    """OpenAI's images API, each answer after ``delay`` seconds (unless the caller hangs up first)."""
+
+    delay = 1.0
+
+    def answer(self, h: Any, rec: Any, fault: Fault | None) -> None:
+        super().answer(h, rec, fault or Fault("slow", seconds=self.delay))
+
+    def prompts(self) -> Counter[str]:
+        return Counter(r.json["prompt"] for r in list(self.received) if r.json is not None)
+
+
+def config(upstream: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "auth": {"master_key": MASTER},
+        "storage": {"signing_key": SIGNING_KEY, "sweep_interval_seconds": 0.5},
+        "providers": {"up": {"type": "openai", "base_url": upstream, "api_key": "sk-upstream-secret"}},
+        "models": {"gpt-image-1": {"deployments": [{"provider": "up"}], "routing": {"max_attempts": 1}}},
+        "jobs": {"workers": 8, "lease_seconds": 2, "poll_seconds": 0.2, "drain_seconds": 0},
+        **extra,
+    }
+
+
+def admin(base: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, base + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kwargs)
+
+
+def new_key(base: str) -> dict[str, Any]:
+    r = admin(base, "POST", "/admin/keys", json={"name": "jobs", "budget_usd": 100})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def money(base: str, key_id: str) -> tuple[Decimal, Decimal]:
+    view = admin(base, "GET", f"/admin/keys/{key_id}").json()
+    return Decimal(view["spent_usd"]), Decimal(view["reserved_usd"])
+
+
+def submit_all(bases: list[str], secret: str) -> list[str]:
+    """50 jobs with distinct prompts, spread over ``bases``; their ids."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            headers = {"Authorization": f"Bearer {secret}", "Prefer": "respond-async"}
+            return await asyncio.gather(*(
+                http.post(f"{bases[i % len(bases)]}/v1/images/generations", headers=headers,
+                          json={"model": "gpt-image-1", "prompt": f"job {i}", "size": "1024x1024", "quality": "low"})
+                for i in range(JOBS)
+            ))  # fmt: skip
+
+    answers = asyncio.run(run())
+    assert [r.status_code for r in answers] == [202] * JOBS, [r.text for r in answers if r.status_code != 202][:1]
+    return [r.json()["id"] for r in answers]
+
+
+def jobs_of(base: str, secret: str, ids: list[str]) -> list[dict[str, Any]]:
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}, timeout=30) as http:
+        return [http.get(f"/v1/images/jobs/{job_id}").json() for job_id in ids]
+
+
+def wait_final(base: str, secret: str, ids: list[str], seconds: float = 45) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while True:
+        jobs = jobs_of(base, secret, ids)
+        if all(j.get("status") in FINAL for j in jobs):
+            return jobs
+        assert time.monotonic() < deadline, Counter(j.get("status") for j in jobs)
+        time.sleep(0.3)
+
+
+def wait_some_done(base: str, secret: str, ids: list[str], at_least: int) -> None:
+    deadline = time.monotonic() + 30
+    while sum(j["status"] == "succeeded" for j in jobs_of(base, secret, ids)) < at_least:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def check_exactly_once(upstream: SlowOpenAI, jobs: list[dict[str, Any]], base: str, key_id: str) -> Counter[str]:
+    """Nothing ran twice upstream, nothing was charged twice, nothing stays reserved."""
+    seen = upstream.prompts()
+    assert max(seen.values()) == 1, [p for p, n in seen.items() if n > 1]
+    statuses = Counter(j["status"] for j in jobs)
+    for i, job in enumerate(jobs):
+        if job["status"] == "succeeded":
+            assert seen[f"job {i}"] == 1 and Decimal(job["cost_usd"]) > 0
+            assert len(job["result"]["data"]) == 1
+        else:  # only what the crash interrupted: it was at the upstream and is not sent again
+            assert job["status"] == "failed" and job["error"]["code"] == "job_interrupted", job
+            assert job["status_code"] == 502 and Decimal(job["cost_usd"]) == 0
+            assert seen[f"job {i}"] == 1
+    spent, reserved = money(base, key_id)
+    assert reserved == 0
+    assert spent == sum(Decimal(j["cost_usd"]) for j in jobs)
+    usage = admin(base, "GET", "/admin/usage", params={"key": key_id, "group_by": "key"}).json()["data"]
+    assert usage[0]["requests"] == JOBS  # one settlement (one usage row) per job
+    return statuses
+
+
+def test_kill_9_with_50_jobs_then_restart_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    with SlowOpenAI() as upstream:
+        cfg = config(upstream.base_url)
+        with serve_process(cfg, tmp_path) as first:
+            key = new_key(first.base_url)
+            ids = submit_all([first.base_url], key["key"])
+            spent, reserved = money(first.base_url, key["id"])
+            assert reserved > 0  # every accepted job holds its worst case
+            wait_some_done(first.base_url, key["key"], ids, 8)  # some done, some running, most queued
+            first.kill()
+        before = len(upstream.received)
+        with serve_process(cfg, tmp_path) as second:  # same database, a new process
+            jobs = wait_final(second.base_url, key["key"], ids)
+            statuses = check_exactly_once(upstream, jobs, second.base_url, key["id"])
+        assert statuses["succeeded"] >= JOBS - 8 and statuses["failed"] >= 1  # the killed ones were mid-call
+        assert len(upstream.received) > before  # the restarted server ran the rest
+
+
+def test_two_replicas_on_postgres_one_killed_the_other_takes_over(tmp_path: Path) -> None:
+    from pg import postgres_instance
+
+    with postgres_instance() as pg, SlowOpenAI() as upstream:
+        cfg = config(upstream.base_url, database={"url": pg.url})
+        with serve_process(cfg, tmp_path / "a") as a, serve_process(cfg, tmp_path / "b") as b:
+            key = new_key(a.base_url)
+            ids = submit_all([a.base_url, b.base_url], key["key"])
+            wait_some_done(b.base_url, key["key"], ids, 12)
+            a.kill()
+            killed_at = time.monotonic()
+            jobs = wait_final(b.base_url, key["key"], ids)
+            statuses = check_exactly_once(upstream, jobs, b.base_url, key["id"])
+            assert statuses["failed"] >= 1  # a's jobs at the upstream when it died
+            assert statuses["succeeded"] >= JOBS - 16
+            assert time.monotonic() - killed_at < 40
