@@ -184,7 +184,7 @@ class OpenAIStandIn(StandInServer[Received, Fault]):
             h._send(200, json.dumps(payload).encode(), "application/json")
         elif fault.kind == "stream":
             self._stream(h, fault)
-        elif fault.kind == "slow":  # answer normally after a while, unless the caller hangs up
+        elif fault.kind == "slow":  # answer normally (or the fault's events) after a while, unless the caller hangs up
             deadline = time.monotonic() + fault.seconds
             while time.monotonic() < deadline:
                 readable, _, _ = select.select([h.connection], [], [], 0.02)
@@ -193,6 +193,9 @@ class OpenAIStandIn(StandInServer[Received, Fault]):
                         self.aborted += 1
                     h.close_connection = True
                     return
+            if fault.events:  # an upstream stream whose first event takes that long
+                self._stream(h, fault)
+                return
             payload = self.success_payload(rec)
             h._send(200, json.dumps(payload).encode(), "application/json")
 

@@ -11,7 +11,9 @@ from typing import TypeVar
 
 import pytest
 
+from imagegate.contract.responses import KeepAlive
 from imagegate.gateway.keepalive import ticking
+from imagegate.gateway.runner import OpenedStream
 
 T = TypeVar("T")
 EVERY = 0.05
@@ -138,3 +140,32 @@ def test_closing_it_before_the_source_started_closes_the_source() -> None:
         return source.closed
 
     assert _run(go) is True
+
+
+def test_a_stream_closed_before_its_events_started_is_settled_once() -> None:
+    """The runner's OpenedStream: closed unstarted (a wait cancelled before
+    its first step ran), it settles the request itself; once iterated, its
+    events settle it (the runner's do, on every way out) and closing adds nothing."""
+
+    async def go() -> tuple[int, int]:
+        settled: list[str] = []
+
+        async def settle() -> None:
+            settled.append("cancelled")
+
+        async def events() -> AsyncGenerator[KeepAlive, None]:
+            yield KeepAlive("x")
+
+        unstarted = OpenedStream(0, settle)
+        unstarted.events = events()
+        await unstarted.aclose()
+        await unstarted.aclose()  # once only
+        first = len(settled)
+
+        started = OpenedStream(0, settle)
+        started.events = events()
+        assert [e async for e in ticking(started, EVERY)] == [KeepAlive("x")]
+        await started.aclose()
+        return first, len(settled)
+
+    assert _run(go) == (1, 1)
