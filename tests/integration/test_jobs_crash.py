@@ -161,3 +161,58 @@ def test_two_replicas_on_postgres_one_killed_the_other_takes_over(tmp_path: Path
             assert statuses["failed"] >= 1  # a's jobs at the upstream when it died
             assert statuses["succeeded"] >= JOBS - 16
             assert time.monotonic() - killed_at < 40
+
+
+def _force_settling(db_file: Path, job_id: str, outcome: dict[str, Any] | None = None) -> None:
+    """The state a crash leaves between storing a job's outcome and ending it:
+    ``settling``, held by a process that is gone, its lease lapsed."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(db_file) as conn:
+        if outcome is not None:
+            conn.execute("UPDATE image_jobs SET outcome = ?, result = ? WHERE id = ?",
+                         (json.dumps(outcome), b'{"created":1,"data":[]}', job_id))  # fmt: skip
+        conn.execute(
+            "UPDATE image_jobs SET status = 'settling', lease_owner = 'another-host:1:gone', "
+            "lease_until = '2000-01-01 00:00:00.000000', cost_nusd = NULL, finished_at = NULL WHERE id = ?",
+            (job_id,),
+        )
+
+
+def test_a_settling_job_taken_over_is_charged_once_even_when_settled_twice(tmp_path: Path) -> None:
+    from standin_openai import USAGE
+
+    with SlowOpenAI() as upstream:
+        idle = config(upstream.base_url)
+        idle["jobs"] = {**idle["jobs"], "workers": 0}
+        with serve_process(idle, tmp_path) as first:
+            key = new_key(first.base_url)
+            job_id = _submit_one(first.base_url, key["key"])
+        db_file = tmp_path / "data" / "imagegate.db"
+        outcome = {"final": "succeeded", "images": 1, "usage": {**{k: USAGE[k] for k in ("input_tokens", "output_tokens",
+                   "total_tokens")}, "input_text_tokens": 40, "input_image_tokens": 160, "output_image_tokens": 1056,
+                   "output_text_tokens": 0, "input_cached_tokens": 0}, "meta": {"created": None, "size": "1024x1024",
+                   "quality": "low", "background": None}, "status": 200, "error_code": None, "upstream_cost_nusd": None,
+                   "model": "gpt-image-1", "provider": "up", "upstream_model": "gpt-image-1"}  # fmt: skip
+        _force_settling(db_file, job_id, outcome)
+        with serve_process(config(upstream.base_url), tmp_path) as second:
+            (job,) = wait_final(second.base_url, key["key"], [job_id])
+            assert job["status"] == "succeeded" and Decimal(job["cost_usd"]) > 0
+            assert money(second.base_url, key["id"]) == (Decimal(job["cost_usd"]), 0)
+        _force_settling(db_file, job_id)  # as if it crashed after the settlement, before the final state
+        with serve_process(config(upstream.base_url), tmp_path) as third:
+            (again,) = wait_final(third.base_url, key["key"], [job_id])
+            assert again["status"] == "succeeded" and again["cost_usd"] == job["cost_usd"]
+            assert money(third.base_url, key["id"]) == (Decimal(job["cost_usd"]), 0)  # not charged twice
+            usage = admin(third.base_url, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()
+            assert usage["data"][0]["requests"] == 1
+            assert "already applied" in third.log()
+        assert upstream.received == []  # settling never calls the upstream
+
+
+def _submit_one(base: str, secret: str) -> str:
+    r = httpx.post(f"{base}/v1/images/generations", headers={"Authorization": f"Bearer {secret}", "Prefer": "respond-async"},
+                   json={"model": "gpt-image-1", "prompt": "settle me", "size": "1024x1024", "quality": "low"}, timeout=30)  # fmt: skip
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
