@@ -239,6 +239,15 @@ _FILE_HEADERS = {
     )
 }
 _BINARY_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+_JOB = {"schema": {"type": "object"}}  # the job object: docs/jobs.md
+_JOB_ACCEPTED = {
+    "description": "With `Prefer: respond-async`: the job accepted (its budget reserved); poll `Location` (docs/jobs.md).",
+    "headers": {
+        "Location": {"description": "The job: /v1/images/jobs/{id}.", "schema": {"type": "string"}},
+        "Preference-Applied": {"description": "respond-async", "schema": {"type": "string"}},
+    },
+    "content": {"application/json": _JOB},
+}
 _OTHER: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, ...]]] = {
     ("get", "/v1/images/files/{key}"): (
         {
@@ -250,6 +259,28 @@ _OTHER: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, ...]]] = {
             "304": {"description": "Not modified (If-None-Match matched the ETag).", "headers": {**ALWAYS, **_FILE_HEADERS}},
         },
         (404, 410, 500, 503),
+    ),
+    ("get", "/v1/images/jobs"): (
+        {"200": {"description": "The caller's jobs, newest first (docs/jobs.md).", "content": {"application/json": _JOB}}},
+        (400, 401, 404, 500, 503),
+    ),
+    ("get", "/v1/images/jobs/{job_id}"): (
+        {
+            "200": {
+                "description": "The job; `result` once it succeeded, `error` once it failed.",
+                "content": {"application/json": _JOB},
+            }
+        },
+        (401, 404, 410, 500, 503),
+    ),
+    ("delete", "/v1/images/jobs/{job_id}"): (
+        {
+            "200": {
+                "description": "A queued job cancelled, or a running one asked to stop.",
+                "content": {"application/json": _JOB},
+            }
+        },
+        (401, 404, 409, 500, 503),
     ),
     ("get", "/v1/models"): (
         {"200": {"description": "OpenAI's model list.", "content": {"application/json": {"schema": ref("ModelList")}}}},
@@ -328,6 +359,7 @@ def _finish(doc: dict[str, Any], open_api: bool) -> None:
             responses.pop("422", None)
             if path.startswith("/v1/images/") and method == "post":
                 op["security"] = _KEYED + ([{}] if open_api else [])
+                responses["202"] = _JOB_ACCEPTED
             elif path.startswith("/admin/"):
                 op["security"] = _KEYED
                 if path == "/admin/usage":
@@ -340,7 +372,8 @@ def _finish(doc: dict[str, Any], open_api: bool) -> None:
                 responses.clear()
                 responses.update(ok)
                 responses.update({str(s): error(s) for s in errors if str(s) not in ok})
-                op["security"] = _KEYED + ([{}] if open_api else []) if path == "/v1/models" else []
+                keyed = path == "/v1/models" or path.startswith("/v1/images/jobs")
+                op["security"] = _KEYED + ([{}] if open_api else []) if keyed else []
             else:
                 responses.update({"500": error(500)})
             _with_common_headers(responses)
