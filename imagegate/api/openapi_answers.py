@@ -168,7 +168,9 @@ def event_stream(what: str) -> dict[str, Any]:
     return {
         "schema": {
             "description": f"`{what}.partial_image` events (as many as `partial_images`), then one `{what}.completed` "
-            "per image; an `error` event (the error envelope) if the stream fails after it started.",
+            "per image; an `error` event (the error envelope) if the stream fails after it started. Comment lines "
+            "(`: keep-alive` every `server.keepalive_seconds` of silence, a job's progress) may come before and "
+            "between events; SSE readers skip them.",
             "oneOf": [
                 event(f"{what}.partial_image", f"{prefix}PartialImageEvent"),
                 event(f"{what}.completed", f"{prefix}CompletedEvent"),
