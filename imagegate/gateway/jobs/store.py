@@ -119,15 +119,21 @@ async def inputs(session: AsyncSession, job_id: str) -> list[tuple[str, dict[str
 # -- claims and leases -----------------------------------------------------------
 
 
-async def claim(db: Database, me: str, lease_seconds: float, limit: int) -> list[Claimed]:
+async def claim(db: Database, me: str, lease_seconds: float, limit: int, running: Iterable[str] = ()) -> list[Claimed]:
     """Up to ``limit`` jobs for this process: queued ones still within their
     queue time, and running or settling ones whose lease has lapsed (taken
-    over). A queued job becomes running; the others keep their state."""
+    over), but never one of ``running`` (the jobs this process runs now: its
+    own lease lapsed when its heartbeat failed or came late; claiming it
+    again would run it twice). A queued job becomes running; the others keep
+    their state."""
     now = utcnow()
     claimable = or_(
         and_(T.c.status == "queued", T.c.queue_expires_at > now),
         and_(T.c.status.in_(ACTIVE), T.c.lease_until < now),
     )
+    busy = list(running)
+    if busy:
+        claimable = and_(claimable, T.c.id.not_in(busy))
     pick = select(T.c.id).where(claimable).order_by(T.c.created_at).limit(limit)
     if db.url.startswith("postgresql"):
         pick = pick.with_for_update(skip_locked=True)

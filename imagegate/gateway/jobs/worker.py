@@ -80,7 +80,7 @@ class JobWorkers:
             claimed: list[Claimed] = []
             if free > 0:
                 try:
-                    claimed = await store.claim(self.db, self.me, self.config.lease_seconds, free)
+                    claimed = await store.claim(self.db, self.me, self.config.lease_seconds, free, list(self._tasks))
                 except Exception as exc:  # the database is away: try again at the next poll
                     log.warning("claiming jobs failed: %s", exc)
                 for job in claimed:
