@@ -216,3 +216,28 @@ def _submit_one(base: str, secret: str) -> str:
                    json={"model": "gpt-image-1", "prompt": "settle me", "size": "1024x1024", "quality": "low"}, timeout=30)  # fmt: skip
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
+
+
+def test_a_job_whose_cancel_was_asked_before_its_server_died_is_not_run_by_the_takeover(tmp_path: Path) -> None:
+    with SlowOpenAI() as upstream:
+        idle = config(upstream.base_url)
+        idle["jobs"] = {**idle["jobs"], "workers": 0}
+        with serve_process(idle, tmp_path) as first:
+            key = new_key(first.base_url)
+            job_id = _submit_one(first.base_url, key["key"])
+        import sqlite3
+
+        # Running on a server that died before its first upstream call; the client then cancelled it (200,
+        # cancel_requested: true): the running server's heartbeat would have stopped it, but it is gone.
+        with sqlite3.connect(tmp_path / "data" / "imagegate.db") as conn:
+            conn.execute(
+                "UPDATE image_jobs SET status = 'running', lease_owner = 'another-host:1:gone', cancel_requested = 1, "
+                "lease_until = '2000-01-01 00:00:00.000000' WHERE id = ?",
+                (job_id,),
+            )
+        with serve_process(config(upstream.base_url), tmp_path) as second:
+            (job,) = wait_final(second.base_url, key["key"], [job_id])
+            assert job["status"] == "cancelled" and job["error"]["code"] == "job_cancelled", job
+            assert Decimal(job["cost_usd"]) == 0
+            assert money(second.base_url, key["id"]) == (0, 0)  # nothing charged, the reservation released
+        assert upstream.received == []  # the takeover did not run what the client had cancelled

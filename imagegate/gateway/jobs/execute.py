@@ -107,6 +107,10 @@ class JobExecutor:
         if job.status == "settling":  # taken over after its outcome was stored
             await self._shielded(self.settle(job.id))
             return
+        if job.cancel_requested:  # asked while its previous server ran it: not run (again)
+            error = cancelled()
+            await self._shielded(self._end(job.id, "running", "cancelled", outcome_of_error(error), error=error))
+            return
         if job.upstream_started:  # taken over: the upstream may have done it
             log.warning("job %s: its server stopped while the upstream worked on it; failed, not run again", job.id)
             await self._shielded(self._end(job.id, "running", "failed", outcome_of_error(interrupted()), error=interrupted()))

@@ -29,7 +29,7 @@ from imagegate.gateway.jobs.view import ACTIVE, FINAL
 T = ImageJob.__table__
 _CLAIMED = (
     T.c.id, T.c.status, T.c.model, T.c.upstream_started, T.c.queue_expires_at, T.c.request, T.c.caller,
-    T.c.request_id, T.c.base_url, T.c.reservation_id, T.c.reserved_nusd, T.c.outcome, T.c.created_at,
+    T.c.request_id, T.c.base_url, T.c.reservation_id, T.c.reserved_nusd, T.c.outcome, T.c.created_at, T.c.cancel_requested,
 )  # fmt: skip
 
 
@@ -50,6 +50,7 @@ class Claimed:
     reserved_nusd: int
     outcome: dict[str, Any] | None
     created_at: datetime
+    cancel_requested: bool  # asked while another server ran it (a takeover, a job handed back): not run
 
 
 # -- submission ----------------------------------------------------------------
