@@ -230,7 +230,11 @@ def test_idempotency_key_gives_the_same_job(up: SlowOpenAI, gateway: Running, ke
         other = submit(http, json={**LOW, "prompt": "different"}, headers=headers)
         assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
         wait_job(http, first.json()["id"])
-    assert [r.json["prompt"] for r in up.received if r.json] == ["once"]
+    with client(gateway, new_key(gateway.base_url)["key"]) as theirs:  # another key's same Idempotency-Key: its own job
+        mine = submit(theirs, json={**LOW, "prompt": "once"}, headers=headers)
+        assert mine.status_code == 202 and mine.json()["id"] != first.json()["id"]
+        wait_job(theirs, mine.json()["id"])
+    assert [r.json["prompt"] for r in up.received if r.json] == ["once", "once"]
 
 
 # -- a server whose workers run nothing: queued jobs ---------------------------------------
