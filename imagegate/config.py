@@ -237,6 +237,8 @@ class JobsConfig(_Strict):
     poll_seconds: float = Field(1.0, gt=0)  # idle workers look for jobs this often (jittered)
     max_queue_seconds: float = Field(86400.0, gt=0)  # a job not started by then fails (job_expired)
     max_queued_per_key: int = Field(1000, ge=1)  # queued jobs per caller; beyond it a 429
+    # MB of input images (and masks) a caller's unfinished jobs may hold in the database; beyond it a 429
+    max_queued_mb_per_key: float = Field(1024.0, gt=0)
     # On a graceful stop, how long running jobs may finish before they are handed back.
     drain_seconds: float = Field(10.0, ge=0)
 

@@ -211,6 +211,7 @@ class ImageJob(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     reservation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reserved_nusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its job_inputs' bytes (jobs.max_queued_mb_per_key)
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cost_nusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the ImagesResponse as sent

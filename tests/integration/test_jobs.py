@@ -3,6 +3,7 @@ official SDK for the synchronous side), against the stand-in OpenAI upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -284,3 +285,58 @@ def test_results_are_not_kept_past_their_time(tmp_path: Path, upstream: SlowOpen
             while http.get(f"/v1/images/jobs/{done['id']}").status_code != 404:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+
+
+def test_the_input_bytes_a_keys_unfinished_jobs_hold_are_capped(upstream: SlowOpenAI, tmp_path: Path) -> None:
+    image = make_image(128, 128, "PNG")
+    cfg = config(upstream.base_url)
+    cfg["jobs"] = {"workers": 0, "max_queued_mb_per_key": 2.5 * len(image) / 2**20}  # two such edits, not three
+    with run_server(cfg, tmp_path) as gw:
+        key = new_key(gw.base_url)
+        with client(gw, key["key"]) as http:
+
+            def edit(prompt: str) -> httpx.Response:
+                files = [("image[]", ("a.png", image, "image/png"))]
+                return submit(http, "/v1/images/edits", data={**LOW, "prompt": prompt}, files=files)
+
+            ids = [edit(f"e{i}").json()["id"] for i in range(2)]
+            held = money(gw.base_url, key["id"])
+            over = edit("e2")
+            assert over.status_code == 429, over.text
+            error = over.json()["error"]
+            assert error["code"] == "too_many_queued_jobs" and "jobs.max_queued_mb_per_key" in error["message"]
+            assert money(gw.base_url, key["id"]) == held  # its reservation was given back
+            assert submit(http, json={**LOW, "prompt": "no input images"}).status_code == 202  # holds no bytes
+            assert http.delete(f"/v1/images/jobs/{ids[0]}").json()["status"] == "cancelled"  # its inputs are deleted
+            assert edit("e3").status_code == 202
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_concurrent_submissions_of_one_key_pass_its_cap_exactly(
+    database: str, upstream: SlowOpenAI, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    cfg = config(upstream.base_url)
+    cfg["jobs"] = {"workers": 0, "max_queued_per_key": 3}
+    if database == "postgresql":
+        cfg["database"] = {"url": request.getfixturevalue("postgres_url")}
+    with run_server(cfg, tmp_path) as gw:
+        key = new_key(gw.base_url)
+
+        async def burst() -> list[httpx.Response]:
+            headers = {"Authorization": f"Bearer {key['key']}", **ASYNC}
+            async with httpx.AsyncClient(base_url=gw.base_url, headers=headers, timeout=30) as http:
+                return await asyncio.gather(
+                    *(http.post("/v1/images/generations", json={**LOW, "prompt": f"c{i}"}) for i in range(20))
+                )
+
+        answers = asyncio.run(burst())
+        assert sorted(r.status_code for r in answers) == [202] * 3 + [429] * 17, [r.text for r in answers]
+        accepted = [r.json() for r in answers if r.status_code == 202]
+        spent, reserved = money(gw.base_url, key["id"])
+        assert spent == 0 and reserved == sum(Decimal(job["reserved_usd"]) for job in accepted)  # the 17 hold nothing
+        with client(gw, key["key"]) as http:
+            listed = http.get("/v1/images/jobs").json()["data"]
+            assert sorted(job["id"] for job in listed) == sorted(job["id"] for job in accepted)
+            for job in accepted:  # the session's PostgreSQL is shared: leave no queued job behind
+                assert http.delete(f"/v1/images/jobs/{job['id']}").json()["status"] == "cancelled"
+        assert money(gw.base_url, key["id"]) == (0, 0)

@@ -31,7 +31,6 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment
 from imagegate.contract.validate import retarget
 from imagegate.db.engine import Database
-from imagegate.db.models import aware, utcnow
 from imagegate.errors import ImagegateError, NotFoundError, UpstreamError, UpstreamTimeoutError
 from imagegate.gateway.jobs import codec, store
 from imagegate.gateway.jobs.store import Claimed
@@ -115,7 +114,7 @@ class JobExecutor:
             log.warning("job %s: its server stopped while the upstream worked on it; failed, not run again", job.id)
             await self._shielded(self._end(job.id, "running", "failed", outcome_of_error(interrupted()), error=interrupted()))
             return
-        if aware(job.queue_expires_at) <= utcnow():
+        if job.queue_expired:  # by the database's clock (store.claim)
             error = expired(self.max_queue_seconds)
             await self._shielded(self._end(job.id, "running", "failed", outcome_of_error(error), error=error))
             return

@@ -43,6 +43,7 @@ from imagegate.gateway.routes import Route
 from imagegate.gateway.runner import RequestRunner
 
 log = logging.getLogger("imagegate.jobs")
+MB = 1024 * 1024
 WEBHOOK_HEADER = "Imagegate-Webhook-Url"
 
 
@@ -141,15 +142,10 @@ class JobService:
             earlier = await self._earlier(idem_scope, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier, True
-        async with self.db.read() as session:
-            queued = await store.count_queued(session, scope)
-        if queued >= self.config.max_queued_per_key:
-            raise RateLimitError(
-                f"This key has {queued} queued jobs, the most it may have (jobs.max_queued_per_key); "
-                "wait for some to start or cancel them.",
-                retry_after=self.config.poll_seconds * 5,
-                code="too_many_queued_jobs",
-            )
+        inputs = codec.encode_inputs(request)
+        size = store.input_size(inputs)
+        async with self.db.read() as session:  # before reserving; checked again, atomically, with the insert
+            self._check_caps(*await store.load_of(session, scope), size)
         legs, admission = await self.runner.admit(request, caller, request_id)
         now = utcnow()
         job_id = f"imgjob_{secrets.token_hex(12)}"
@@ -166,7 +162,7 @@ class JobService:
         }  # fmt: skip
         # The reservation lasts as long as the job may: queued, then run, then settled.
         lives = timedelta(seconds=deadline + self.config.lease_seconds + EXPIRY_MARGIN_SECONDS)
-        accept = asyncio.ensure_future(self._accept(row, codec.encode_inputs(request), queue_until + lives, admission))
+        accept = asyncio.ensure_future(self._accept(row, inputs, queue_until + lives, admission))
         accepted = await asyncio.shield(accept)  # a client hanging up now does not cut the acceptance in two
         if accepted is None:  # the same Idempotency-Key, accepted a moment ago by another request
             assert idem_scope is not None and idempotency_key is not None and fingerprint is not None
@@ -178,13 +174,40 @@ class JobService:
         self.workers.wake()
         return accepted, False
 
+    def _check_caps(self, queued: int, held: int, size: int) -> None:
+        """The caller's queued jobs (``jobs.max_queued_per_key``) and the input
+        bytes its unfinished jobs hold with this one's (``jobs.max_queued_mb_per_key``)."""
+        if queued >= self.config.max_queued_per_key:
+            raise RateLimitError(
+                f"This key has {queued} queued jobs, the most it may have (jobs.max_queued_per_key); "
+                "wait for some to start or cancel them.",
+                retry_after=self.config.poll_seconds * 5,
+                code="too_many_queued_jobs",
+            )
+        limit = self.config.max_queued_mb_per_key
+        if held + size > limit * MB:
+            raise RateLimitError(
+                f"This key's unfinished jobs hold {held / MB:.2f} MB of input images; with this job's {size / MB:.2f} MB "
+                f"that is more than the {limit:g} MB they may hold (jobs.max_queued_mb_per_key); "
+                "wait for some to finish or cancel them.",
+                retry_after=self.config.poll_seconds * 5,
+                code="too_many_queued_jobs",
+            )
+
     async def _accept(self, row: dict[str, Any], inputs: Any, reservation_expires: Any, admission: Admission) -> JobView | None:
-        """Write the job; on any failure give its reservation back. None: the Idempotency-Key was taken."""
+        """Write the job, the caller's caps checked in the same transaction
+        under its lock (concurrent submissions cannot all pass one count); on
+        any failure give its reservation back. None: the Idempotency-Key was taken."""
         try:
             async with self.db.transaction() as session:
+                await store.lock_scope(session, row["scope"])
+                self._check_caps(*await store.load_of(session, row["scope"]), store.input_size(inputs))
                 await store.insert(session, row, inputs, reservation_expires)
         except BaseException as exc:
             taken = isinstance(exc, IntegrityError)
+            if isinstance(exc, RateLimitError):
+                await self.accounting.settle(admission, Outcome(status=429, error_code=exc.code))
+                raise
             await self.accounting.settle(admission, Outcome(status=409 if taken else 500, error_code="job_not_accepted"))
             if taken:
                 return None

@@ -5,25 +5,39 @@ owner (``lease_owner = this process``) and the state it expects, and the
 caller checks that one row changed. A worker that lost its lease (it stalled
 past it, another replica took the job over) changes nothing.
 
-Claims are one statement: PostgreSQL ``UPDATE ... WHERE id IN (SELECT ...
-FOR UPDATE SKIP LOCKED)``, so replicas never claim the same row; SQLite
-the same ``UPDATE ... RETURNING`` under its single writer.
+Claims are one statement: PostgreSQL ``WITH picked AS MATERIALIZED (SELECT
+id ... FOR UPDATE SKIP LOCKED LIMIT n) UPDATE ... FROM picked``, so replicas
+never claim the same row and one claim never takes more than ``n`` (the
+picked ids are computed once); SQLite ``UPDATE ... WHERE id IN (SELECT ...)
+RETURNING`` under its single writer.
+
+Time: on PostgreSQL every lease and queue time is the database's clock
+(``now()``, the transaction's start): when a lease ends, whether it lapsed,
+when a queued job expires. A replica whose clock runs ahead would otherwise
+take over live jobs, and one whose clock runs behind would hand out leases
+that lapsed already. On SQLite (one file, one host, one clock) it is the
+process's clock.
+
+Per-key caps are checked and the job inserted in one transaction that holds
+the key's lock (:func:`lock_scope`): concurrent submissions of one key cannot
+all pass the same count.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from imagegate.accounting.owner import is_gone
 from imagegate.db.engine import Database, rowcount
-from imagegate.db.models import ImageJob, JobInput, Reservation, aware, utcnow
+from imagegate.db.models import ImageJob, JobInput, Reservation, utcnow
 from imagegate.gateway.jobs.view import ACTIVE, FINAL
 
 T = ImageJob.__table__
@@ -31,6 +45,21 @@ _CLAIMED = (
     T.c.id, T.c.status, T.c.model, T.c.upstream_started, T.c.queue_expires_at, T.c.request, T.c.caller,
     T.c.request_id, T.c.base_url, T.c.reservation_id, T.c.reserved_nusd, T.c.outcome, T.c.created_at, T.c.cancel_requested,
 )  # fmt: skip
+Now = datetime | ColumnElement[datetime]
+
+
+def _now(postgres: bool) -> Now:
+    """The time leases and queue times are measured by: the database's clock
+    on PostgreSQL (replicas on several hosts), the process's on SQLite."""
+    return func.now() if postgres else utcnow()
+
+
+def _pg(db: Database) -> bool:
+    return db.url.startswith("postgresql")
+
+
+def _session_pg(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +80,7 @@ class Claimed:
     outcome: dict[str, Any] | None
     created_at: datetime
     cancel_requested: bool  # asked while another server ran it (a takeover, a job handed back): not run
+    queue_expired: bool  # past its queue time by the database's clock (a takeover of a job never started)
 
 
 # -- submission ----------------------------------------------------------------
@@ -63,8 +93,12 @@ async def insert(
     reservation_expires: datetime,
 ) -> None:
     """The job, its inputs, and its reservation re-owned by it (``job:<id>``,
-    expiring with the job), in the caller's transaction."""
-    session.add(ImageJob(**job))
+    expiring with the job), in the caller's transaction. On PostgreSQL its
+    queue time runs from the database's clock (the same length)."""
+    row = ImageJob(**job, input_bytes=input_size(inputs))
+    if _session_pg(session):
+        row.queue_expires_at = func.now() + (job["queue_expires_at"] - job["created_at"])
+    session.add(row)
     await session.flush()
     for position, (field, info, data) in enumerate(inputs):
         session.add(JobInput(job_id=job["id"], position=position, field=field, info=info, data=data))
@@ -86,9 +120,31 @@ async def find_idempotent(session: AsyncSession, scope: str, key: str) -> ImageJ
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def count_queued(session: AsyncSession, scope: str) -> int:
-    query = select(func.count()).select_from(T).where(T.c.scope == scope, T.c.status == "queued")
-    return int((await session.execute(query)).scalar_one())
+def input_size(inputs: Sequence[tuple[str, dict[str, Any], bytes]]) -> int:
+    """The bytes a job's inputs (images, mask) hold in ``job_inputs``."""
+    return sum(len(data) for _, _, data in inputs)
+
+
+async def lock_scope(session: AsyncSession, scope: str) -> None:
+    """Serialise submissions of one caller until the transaction ends, so its
+    caps are checked and its job inserted atomically. PostgreSQL: a
+    transaction-level advisory lock on a 64-bit hash of the scope (callers
+    without an ``api_keys`` row, anonymous or master, have one too); SQLite:
+    nothing to do, the write transaction (BEGIN IMMEDIATE) already excludes
+    every other writer."""
+    if _session_pg(session):
+        digest = hashlib.sha256(f"imagegate.jobs.submit:{scope}".encode()).digest()
+        await session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+
+
+async def load_of(session: AsyncSession, scope: str) -> tuple[int, int]:
+    """(queued jobs, input bytes of unfinished jobs) of a caller: what its caps count."""
+    query = select(
+        func.coalesce(func.sum(case((T.c.status == "queued", 1), else_=0)), 0),
+        func.coalesce(func.sum(T.c.input_bytes), 0),
+    ).where(T.c.scope == scope, T.c.status.in_(("queued", *ACTIVE)))
+    queued, held = (await session.execute(query)).one()
+    return int(queued), int(held)
 
 
 # -- reading -------------------------------------------------------------------
@@ -127,7 +183,18 @@ async def claim(db: Database, me: str, lease_seconds: float, limit: int, running
     own lease lapsed when its heartbeat failed or came late; claiming it
     again would run it twice). A queued job becomes running; the others keep
     their state."""
-    now = utcnow()
+    statement = claim_statement(_pg(db), me, lease_seconds, limit, running)
+    async with db.transaction() as session:
+        rows = (await session.execute(statement)).all()
+    return [Claimed(*(*row[:-1], bool(row[-1]))) for row in rows]
+
+
+def claim_statement(postgres: bool, me: str, lease_seconds: float, limit: int, running: Iterable[str] = ()) -> Update:
+    """The claim: PostgreSQL picks the ids once, in a materialised CTE
+    (``FOR UPDATE SKIP LOCKED LIMIT n``), and updates ``FROM`` it: a subquery
+    under ``IN`` may be evaluated again by the planner and claim more than
+    ``n`` rows. SQLite (one writer) keeps ``WHERE id IN (SELECT ...)``."""
+    now = _now(postgres)
     claimable = or_(
         and_(T.c.status == "queued", T.c.queue_expires_at > now),
         and_(T.c.status.in_(ACTIVE), T.c.lease_until < now),
@@ -136,23 +203,19 @@ async def claim(db: Database, me: str, lease_seconds: float, limit: int, running
     if busy:
         claimable = and_(claimable, T.c.id.not_in(busy))
     pick = select(T.c.id).where(claimable).order_by(T.c.created_at).limit(limit)
-    if db.url.startswith("postgresql"):
-        pick = pick.with_for_update(skip_locked=True)
-    statement = (
-        update(T)
-        .where(T.c.id.in_(pick.scalar_subquery()))
-        .values(
-            status=case((T.c.status == "queued", "running"), else_=T.c.status),
-            started_at=case((T.c.status == "settling", T.c.started_at), else_=now),
-            lease_owner=me,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            attempts=T.c.attempts + 1,
-        )
-        .returning(*_CLAIMED)
-    )
-    async with db.transaction() as session:
-        rows = (await session.execute(statement)).all()
-    return [Claimed(*row) for row in rows]
+    statement = update(T)
+    if postgres:
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        statement = statement.where(T.c.id == picked.c.id)
+    else:
+        statement = statement.where(T.c.id.in_(pick.scalar_subquery()))
+    return statement.values(
+        status=case((T.c.status == "queued", "running"), else_=T.c.status),
+        started_at=case((T.c.status == "settling", T.c.started_at), else_=now),
+        lease_owner=me,
+        lease_until=now + timedelta(seconds=lease_seconds),
+        attempts=T.c.attempts + 1,
+    ).returning(*_CLAIMED, (T.c.queue_expires_at <= now).label("queue_expired"))
 
 
 async def renew(db: Database, me: str, ids: Iterable[str], lease_seconds: float) -> tuple[set[str], set[str]]:
@@ -164,7 +227,7 @@ async def renew(db: Database, me: str, ids: Iterable[str], lease_seconds: float)
         await session.execute(
             update(T)
             .where(T.c.id.in_(wanted), T.c.lease_owner == me, T.c.status.in_(ACTIVE))
-            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+            .values(lease_until=_now(_pg(db)) + timedelta(seconds=lease_seconds))
         )
         rows = (
             await session.execute(
@@ -191,7 +254,7 @@ async def mark_started(db: Database, job_id: str, me: str) -> bool:
 async def to_settling(db: Database, job_id: str, me: str, expect: str, lease_seconds: float, **values: Any) -> bool:
     """Store how the job ended (``outcome``, with its final status, and the
     result or error) and move it to ``settling``: its settlement comes next."""
-    lease = utcnow() + timedelta(seconds=lease_seconds)
+    lease = _now(_pg(db)) + timedelta(seconds=lease_seconds)
     async with db.transaction() as session:
         result = await session.execute(
             update(T)
@@ -234,7 +297,7 @@ async def hand_back(db: Database, me: str, ids: Iterable[str]) -> None:
             .where(mine, T.c.status == "running", T.c.upstream_started.is_(False))
             .values(status="queued", lease_owner=None, lease_until=None)
         )
-        await session.execute(update(T).where(mine, T.c.status.in_(ACTIVE)).values(lease_until=utcnow()))
+        await session.execute(update(T).where(mine, T.c.status.in_(ACTIVE)).values(lease_until=_now(_pg(db))))
 
 
 async def end_leases_of_gone_processes(db: Database, host: str) -> int:
@@ -249,14 +312,14 @@ async def end_leases_of_gone_processes(db: Database, host: str) -> int:
     gone = [(job_id, owner) for job_id, owner in rows if is_gone(owner)]
     for job_id, owner in gone:
         async with db.transaction() as session:
-            await session.execute(update(T).where(T.c.id == job_id, T.c.lease_owner == owner).values(lease_until=utcnow()))
+            await session.execute(update(T).where(T.c.id == job_id, T.c.lease_owner == owner).values(lease_until=_now(_pg(db))))
     return len(gone)
 
 
 async def overdue_queued(db: Database, limit: int = 100) -> list[str]:
     """Queued jobs past their queue time (they will never run)."""
     async with db.read() as session:
-        query = select(T.c.id).where(T.c.status == "queued", T.c.queue_expires_at <= utcnow()).limit(limit)
+        query = select(T.c.id).where(T.c.status == "queued", T.c.queue_expires_at <= _now(_pg(db))).limit(limit)
         return [row[0] for row in (await session.execute(query)).all()]
 
 
@@ -265,7 +328,3 @@ async def delete_finished(db: Database, before: datetime) -> int:
     async with db.transaction() as session:
         result = await session.execute(delete(T).where(T.c.status.in_(FINAL), T.c.finished_at < before))
         return rowcount(result)
-
-
-def lease_lapsed(lease_until: datetime | None, now: datetime | None = None) -> bool:
-    return lease_until is None or aware(lease_until) < (now or utcnow())

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("reservation_id", sa.String(length=64), nullable=True),
         sa.Column("reserved_nusd", sa.BigInteger(), nullable=False),
+        sa.Column("input_bytes", sa.BigInteger(), nullable=False),
         sa.Column("outcome", sa.JSON(), nullable=True),
         sa.Column("cost_nusd", sa.BigInteger(), nullable=True),
         sa.Column("result", sa.LargeBinary(), nullable=True),
