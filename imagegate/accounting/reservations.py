@@ -59,10 +59,12 @@ async def hold(
     request_id: str,
     lifetime_seconds: float,
     now: datetime,
+    owner: str | None = None,
 ) -> tuple[str | None, Held]:
     """Reserve ``amount`` for a request on ``key`` (its id, budget period and
     team as last read), in the caller's transaction. Returns (refused, held):
-    refused names the budget that said no ("key"/"team")."""
+    refused names the budget that said no ("key"/"team"). ``owner``: this
+    process (the default), or a job (``job:<id>``) that holds it from the start."""
     key_id, period, team = key
     refused, held_team = await budgets.reserve(session, key_id, period, team, amount, now)
     if refused is not None:
@@ -76,7 +78,7 @@ async def hold(
             "key_id": key_id,
             "team": held_team,
             "amount_nusd": amount,
-            "owner": this_process(),
+            "owner": owner or this_process(),
             "created_at": now,
             "expires_at": now + timedelta(seconds=lifetime_seconds + EXPIRY_MARGIN_SECONDS),
         },

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting import budgets, keys, reservations
 from imagegate.accounting.caller import Caller
@@ -99,9 +100,12 @@ class Outcome:
     upstream_cost_nusd: int | None = None  # what the upstream said it charged (checked): the charge
 
 
-class _Refused(Exception):
-    def __init__(self, which: str, period: str) -> None:
-        self.which, self.period = which, period
+class BudgetRefused(Exception):
+    """A reservation a budget refused: ``which`` ("key"/"team"), the key's
+    budget ``period``, the nano-dollars ``wanted``."""
+
+    def __init__(self, which: str, period: str, wanted: int) -> None:
+        self.which, self.period, self.wanted = which, period, wanted
 
 
 def _digest(secret: str) -> bytes:
@@ -260,11 +264,36 @@ class Accounting:
         """Reserve the worst case of ``candidates`` (every (request,
         deployment) that may serve it, fallbacks included: the dearest counts)
         for at most ``lifetime_seconds`` (the request's deadline)."""
+        admission, wanted = await self.prepare(caller, request, candidates, request_id)
+        if wanted is None:
+            return admission  # no budget to hold anything against: settlement just charges
+        # The reservation is written in a task of its own: a client that hangs
+        # up while it commits cancels the request, not the write, and the
+        # reservation is then given back as soon as the write has ended.
+        write = asyncio.ensure_future(self._reserve(caller, wanted, request_id, lifetime_seconds))
+        try:
+            held = await asyncio.shield(write)
+        except BudgetRefused as no:
+            raise await self.refused(admission, no) from None
+        except asyncio.CancelledError:
+            self._background(self._undo(write, admission))
+            raise
+        admission.reserved, admission.reservation_id = held.amount, held.id
+        return admission
+
+    async def prepare(
+        self, caller: Caller, request: ImageRequest, candidates: list[tuple[ImageRequest, Deployment]], request_id: str
+    ) -> tuple[Admission, int | None]:
+        """Everything of an admission but the reservation: the key's models,
+        the prices (an unpriced model refused where a budget applies and
+        ``pricing_missing: refuse``), and the worst case to reserve (None:
+        the caller has no budget to hold it against). :meth:`admit` reserves
+        it in a transaction of its own, :meth:`reserve_in` in the caller's."""
         if not caller.may_use(request.model):
             raise PermissionDeniedError(f"This key may not use model '{request.model}'.", param="model", code="model_not_allowed")
         admission = Admission(caller, request, candidates[0][1], request_id, 0)
         if caller.kind != "key" or caller.key_id is None or not caller.budgeted:
-            return admission  # no budget to hold anything against: settlement just charges
+            return admission, None
         prices = [(r, self._price_of(r, d)) for r, d in candidates]
         unpriced = sorted({r.model for r, price in prices if price is None})
         if unpriced and self.settings.pricing_missing == "refuse" and await self._budget_applies(caller):
@@ -276,21 +305,30 @@ class Accounting:
                 param="model",
                 code="model_not_priced",
             )
-        wanted = max(worst_case(price, r) for r, price in prices)
-        # The reservation is written in a task of its own: a client that hangs
-        # up while it commits cancels the request, not the write, and the
-        # reservation is then given back as soon as the write has ended.
-        write = asyncio.ensure_future(self._reserve(caller, wanted, request_id, lifetime_seconds))
-        try:
-            held = await asyncio.shield(write)
-        except _Refused as no:
-            await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
-            raise self._over_budget(no.which, no.period, admission.caller, wanted) from None
-        except asyncio.CancelledError:
-            self._background(self._undo(write, admission))
-            raise
-        admission.reserved, admission.reservation_id = held.amount, held.id
-        return admission
+        return admission, max(worst_case(price, r) for r, price in prices)
+
+    async def reserve_in(
+        self, session: AsyncSession, admission: Admission, wanted: int, lifetime_seconds: float, now: datetime, owner: str
+    ) -> reservations.Held:
+        """Reserve ``wanted`` (from :meth:`prepare`) in the caller's
+        transaction, the row owned by ``owner`` (a job: ``job:<id>``) and
+        expiring ``lifetime_seconds`` (plus the margin) after ``now``. Raises
+        :class:`BudgetRefused` when a budget says no: the caller lets it roll
+        its transaction back, then raises :meth:`refused`'s error. The
+        admission is not changed: the caller sets ``reserved`` and
+        ``reservation_id`` once its transaction committed."""
+        caller = admission.caller
+        assert caller.key_id is not None
+        key = (caller.key_id, caller.budget_period, caller.team)
+        refused, held = await reservations.hold(session, key, wanted, admission.request_id, lifetime_seconds, now, owner)
+        if refused is not None:
+            raise BudgetRefused(refused, caller.budget_period, wanted)
+        return held
+
+    async def refused(self, admission: Admission, no: BudgetRefused) -> RateLimitError:
+        """A budget's refusal, recorded (a 429 usage row); the error to raise."""
+        await self.settle(admission, Outcome(status=429, error_code="insufficient_quota"))
+        return self._over_budget(no.which, no.period, admission.caller, no.wanted)
 
     async def _budget_applies(self, caller: Caller) -> bool:
         """Whether the key, or its team, has a budget (asked only for an unpriced model)."""
@@ -308,7 +346,7 @@ class Accounting:
         async with self.db.transaction() as session:
             refused, held = await reservations.hold(session, key, wanted, request_id, lifetime_seconds, utcnow())
             if refused is not None:
-                raise _Refused(refused, caller.budget_period)  # rolls the key's and team's reservations back
+                raise BudgetRefused(refused, caller.budget_period, wanted)  # rolls the key's and team's reservations back
         return held
 
     async def _undo(self, write: asyncio.Future[reservations.Held], admission: Admission) -> None:

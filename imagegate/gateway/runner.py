@@ -153,6 +153,13 @@ class RequestRunner:
         reserved on the caller's budget for the route's deadline."""
         return await self._admit(request, caller, request_id)
 
+    async def prepare(self, request: ImageRequest, caller: Caller, request_id: str) -> tuple[Admission, int | None]:
+        """:meth:`admit` but for the reservation (accounting's ``prepare``):
+        the admission, and the worst case of every leg to reserve (None:
+        nothing to hold), which a job reserves in its own insert's transaction."""
+        legs = await self.legs(request, caller)
+        return await self.accounting.prepare(caller, request, self._candidates(legs), request_id)
+
     async def create(self, request: ImageRequest, base_url: str, caller: Caller, request_id: str) -> Created:
         """Run a request over its deployments and fallbacks."""
         legs, admission = await self._admit(request, caller, request_id)

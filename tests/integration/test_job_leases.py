@@ -66,7 +66,7 @@ async def test_a_process_does_not_claim_again_a_job_it_runs_when_its_own_lease_l
     try:
         async with db.transaction() as session:
             await session.execute(delete(ImageJob))  # the session's PostgreSQL is shared
-            await store.insert(session, job_row("imgjob_lease"), [], utcnow())
+            await store.insert(session, job_row("imgjob_lease"), [])
         executor = HangingExecutor()
         config = JobsConfig(workers=4, lease_seconds=0.2, poll_seconds=0.05, drain_seconds=0)
         workers = JobWorkers(db, executor, config, "host:1:me")  # type: ignore[arg-type]
@@ -133,7 +133,7 @@ async def test_a_replica_whose_clock_runs_ahead_does_not_take_over_a_live_job(
 ) -> None:
     async with opened(pg_url) as pg:
         async with pg.transaction() as session:
-            await store.insert(session, job_row("imgjob_ahead"), [], utcnow())
+            await store.insert(session, job_row("imgjob_ahead"), [])
         assert [j.id for j in await store.claim(pg, "host:1:a", 60, 4)] == ["imgjob_ahead"]
         # Its lease ends 60 s after the database's now, whatever this process's clock says.
         lease = await lease_of(pg, "imgjob_ahead")
@@ -142,7 +142,7 @@ async def test_a_replica_whose_clock_runs_ahead_does_not_take_over_a_live_job(
         assert await store.claim(pg, "host:2:b", 60, 4) == []
         # b's heartbeat of a job of its own sets its lease by the database's clock too.
         async with pg.transaction() as session:
-            await store.insert(session, job_row("imgjob_b"), [], utcnow())
+            await store.insert(session, job_row("imgjob_b"), [])
         assert [j.id for j in await store.claim(pg, "host:2:b", 60, 4)] == ["imgjob_b"]
         assert await store.renew(pg, "host:2:b", ["imgjob_b"], 60) == ({"imgjob_b"}, set())
         assert abs((await lease_of(pg, "imgjob_b") - await db_now(pg)).total_seconds() - 60) < 5
@@ -151,7 +151,7 @@ async def test_a_replica_whose_clock_runs_ahead_does_not_take_over_a_live_job(
 async def test_a_replica_whose_clock_runs_behind_gives_no_lapsed_lease(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with opened(pg_url) as pg:
         async with pg.transaction() as session:
-            await store.insert(session, job_row("imgjob_behind"), [], utcnow())
+            await store.insert(session, job_row("imgjob_behind"), [])
         skew(monkeypatch, -300)  # replica a: five minutes behind; its lease of 60 s would have ended 4 minutes ago
         assert [j.id for j in await store.claim(pg, "host:1:a", 60, 4)] == ["imgjob_behind"]
         monkeypatch.undo()
@@ -168,7 +168,7 @@ async def test_queue_times_are_measured_by_the_databases_clock(pg_url: str, monk
         row = job_row("imgjob_queued")
         row["queue_expires_at"] = row["created_at"] + timedelta(seconds=120)
         async with pg.transaction() as session:
-            await store.insert(session, row, [], utcnow())
+            await store.insert(session, row, [])
         async with pg.read() as session:
             job = await store.get(session, "imgjob_queued", with_result=False)
         assert job is not None and abs((job.queue_expires_at - await db_now(pg)).total_seconds() - 120) < 5
@@ -185,7 +185,7 @@ async def test_a_claim_takes_at_most_its_limit(database_url: str) -> None:
         async with db.transaction() as session:
             await session.execute(delete(ImageJob))
             for i in range(5):
-                await store.insert(session, job_row(f"imgjob_n{i}"), [], utcnow())
+                await store.insert(session, job_row(f"imgjob_n{i}"), [])
         first, second = await asyncio.gather(store.claim(db, "host:1:a", 60, 2), store.claim(db, "host:2:b", 60, 2))
         assert len(first) == 2 and len(second) == 2 and not {j.id for j in first} & {j.id for j in second}
         async with db.read() as session:

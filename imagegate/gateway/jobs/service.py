@@ -2,10 +2,10 @@
 
 A job is accepted only once it is validated (as a synchronous call is),
 authorised and admitted: its worst case is reserved on the caller's budget
-before the 202. In one transaction the job row, its inputs and the
-reservation's new owner (the job, ``job:<id>``, expiring with the job) are
-written, so a replica's death no longer releases it: the job holds it until
-it settles.
+before the 202. One transaction checks the caller's caps, reserves (the
+reservation row owned by the job from the start, ``job:<id>``, expiring with
+the job, so a replica's death never releases it: the job holds it until it
+settles) and writes the job row and its inputs; the 202 follows its commit.
 
 Visibility: a key sees its own jobs, an admin key with a team its team's,
 the master key all; another's job is a 404 (never a 403).
@@ -28,8 +28,7 @@ from imagegate.accounting.caller import Caller
 from imagegate.accounting.idempotency import Conflict
 from imagegate.accounting.money import usd_str
 from imagegate.accounting.owner import this_process
-from imagegate.accounting.reservations import EXPIRY_MARGIN_SECONDS
-from imagegate.accounting.service import Accounting, Admission, Outcome
+from imagegate.accounting.service import Accounting, Admission, BudgetRefused, Outcome
 from imagegate.config import Settings
 from imagegate.contract.requests import ImageRequest
 from imagegate.db.models import ImageJob, aware, utcnow
@@ -143,10 +142,7 @@ class JobService:
             if earlier is not None:
                 return earlier, True
         inputs = codec.encode_inputs(request)
-        size = store.input_size(inputs)
-        async with self.db.read() as session:  # before reserving; checked again, atomically, with the insert
-            self._check_caps(*await store.load_of(session, scope), size)
-        legs, admission = await self.runner.admit(request, caller, request_id)
+        admission, wanted = await self.runner.prepare(request, caller, request_id)
         now = utcnow()
         job_id = f"imgjob_{secrets.token_hex(12)}"
         deadline = self.routes[request.model].policy.deadline_seconds
@@ -157,12 +153,12 @@ class JobService:
             "fingerprint": fingerprint, "endpoint": request.endpoint, "model": request.model,
             "request": codec.encode_request(request), "request_id": request_id[:128], "base_url": base_url[:1000],
             "status": "queued", "created_at": now, "queue_expires_at": queue_until, "attempts": 0,
-            "upstream_started": False, "cancel_requested": False, "reservation_id": admission.reservation_id,
-            "reserved_nusd": admission.reserved, "webhook_url": webhook_url,
+            "upstream_started": False, "cancel_requested": False, "reservation_id": None,
+            "reserved_nusd": 0, "webhook_url": webhook_url,
         }  # fmt: skip
         # The reservation lasts as long as the job may: queued, then run, then settled.
-        lives = timedelta(seconds=deadline + self.config.lease_seconds + EXPIRY_MARGIN_SECONDS)
-        accept = asyncio.ensure_future(self._accept(row, inputs, queue_until + lives, admission))
+        lives = self.config.max_queue_seconds + deadline + self.config.lease_seconds
+        accept = asyncio.ensure_future(self._accept(row, inputs, admission, wanted, lives))
         accepted = await asyncio.shield(accept)  # a client hanging up now does not cut the acceptance in two
         if accepted is None:  # the same Idempotency-Key, accepted a moment ago by another request
             assert idem_scope is not None and idempotency_key is not None and fingerprint is not None
@@ -194,28 +190,49 @@ class JobService:
                 code="too_many_queued_jobs",
             )
 
-    async def _accept(self, row: dict[str, Any], inputs: Any, reservation_expires: Any, admission: Admission) -> JobView | None:
-        """Write the job, the caller's caps checked in the same transaction
-        under its lock (concurrent submissions cannot all pass one count); on
-        any failure give its reservation back. None: the Idempotency-Key was taken."""
+    async def _accept(
+        self, row: dict[str, Any], inputs: Any, admission: Admission, wanted: int | None, lives: float
+    ) -> JobView | None:
+        """Accept the job in ONE transaction, under the caller's lock: its
+        caps checked (concurrent submissions cannot all pass one count), its
+        worst case reserved (``wanted``; the row owned by the job from the
+        start, ``job:<id>``, expiring ``lives`` seconds after the job was made,
+        plus the margin), the job and its inputs inserted. Any failure rolls
+        all of it back: nothing is left reserved. The answer is built from
+        the values written (no read back). None: the Idempotency-Key was taken."""
         try:
             async with self.db.transaction() as session:
                 await store.lock_scope(session, row["scope"])
                 self._check_caps(*await store.load_of(session, row["scope"]), store.input_size(inputs))
-                await store.insert(session, row, inputs, reservation_expires)
-        except BaseException as exc:
-            taken = isinstance(exc, IntegrityError)
-            if isinstance(exc, RateLimitError):
-                await self.accounting.settle(admission, Outcome(status=429, error_code=exc.code))
-                raise
-            await self.accounting.settle(admission, Outcome(status=409 if taken else 500, error_code="job_not_accepted"))
-            if taken:
-                return None
+                if wanted is not None:
+                    owner = f"job:{row['id']}"
+                    held = await self.accounting.reserve_in(session, admission, wanted, lives, row["created_at"], owner)
+                    row["reservation_id"], row["reserved_nusd"] = held.id, held.amount
+                await store.insert(session, row, inputs)
+        except BudgetRefused as no:
+            raise await self.accounting.refused(admission, no) from None
+        except RateLimitError as exc:  # a cap: recorded as a refusal (nothing was reserved)
+            await self.accounting.settle(admission, Outcome(status=429, error_code=exc.code))
             raise
-        async with self.db.read() as session:
-            saved = await store.get(session, row["id"], with_result=False)
-        assert saved is not None
-        return self.view(saved)
+        except IntegrityError:  # the Idempotency-Key: recorded as a refusal (nothing was reserved)
+            await self.accounting.settle(admission, Outcome(status=409, error_code="job_not_accepted"))
+            return None
+        return self._new_view(row)
+
+    def _new_view(self, row: dict[str, Any]) -> JobView:
+        """The 202's job object from the values just committed (what :meth:`view` of the row would give)."""
+        return JobView(
+            id=row["id"],
+            status="queued",
+            created_at=_ts(row["created_at"]) or 0,
+            model=row["model"],
+            endpoint=row["endpoint"],
+            status_url=f"{self.settings.server.public_url or row['base_url']}{JOB_PATH}/{row['id']}",
+            reserved_usd=usd_str(row["reserved_nusd"]),
+            key_id=row["key_id"],
+            team=row["team"],
+            webhook_url=row["webhook_url"],
+        )
 
     async def _earlier(self, scope: str, key: str, fingerprint: str) -> JobView | None:
         async with self.db.read() as session:

@@ -18,9 +18,10 @@ take over live jobs, and one whose clock runs behind would hand out leases
 that lapsed already. On SQLite (one file, one host, one clock) it is the
 process's clock.
 
-Per-key caps are checked and the job inserted in one transaction that holds
-the key's lock (:func:`lock_scope`): concurrent submissions of one key cannot
-all pass the same count.
+A submission is one transaction that holds the key's lock
+(:func:`lock_scope`): the per-key caps checked (concurrent submissions of one
+key cannot all pass the same count), the budget reserved (a reservation row
+owned by the job from the start), the job and its inputs inserted.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Interval, Update, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import insert as insert_into
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from imagegate.accounting.owner import is_gone
 from imagegate.db.engine import Database, rowcount
-from imagegate.db.models import ImageJob, JobInput, Reservation, utcnow
+from imagegate.db.models import ImageJob, JobInput, utcnow
 from imagegate.gateway.jobs.view import ACTIVE, FINAL
 
 T = ImageJob.__table__
@@ -86,28 +88,30 @@ class Claimed:
 # -- submission ----------------------------------------------------------------
 
 
-async def insert(
-    session: AsyncSession,
-    job: dict[str, Any],
-    inputs: Sequence[tuple[str, dict[str, Any], bytes]],
-    reservation_expires: datetime,
-) -> None:
-    """The job, its inputs, and its reservation re-owned by it (``job:<id>``,
-    expiring with the job), in the caller's transaction. On PostgreSQL its
-    queue time runs from the database's clock (the same length)."""
-    row = ImageJob(**job, input_bytes=input_size(inputs))
+# Built once (building SQL costs more than running it). On PostgreSQL the
+# queue time runs from the database's clock: ``now()`` plus its length.
+_INSERT_JOB = insert_into(T)
+_INSERT_JOB_PG = insert_into(T).values(queue_expires_at=func.now() + bindparam("queue_length", type_=Interval()))
+_INSERT_INPUT = insert_into(JobInput.__table__)
+
+
+async def insert(session: AsyncSession, job: dict[str, Any], inputs: Sequence[tuple[str, dict[str, Any], bytes]]) -> None:
+    """The job (``job``: its columns; its reservation, if any, already made
+    in this transaction and owned by it) and its inputs, in the caller's
+    transaction: Core statements, no ORM objects."""
+    row = {**job, "input_bytes": input_size(inputs)}
     if _session_pg(session):
-        row.queue_expires_at = func.now() + (job["queue_expires_at"] - job["created_at"])
-    session.add(row)
-    await session.flush()
-    for position, (field, info, data) in enumerate(inputs):
-        session.add(JobInput(job_id=job["id"], position=position, field=field, info=info, data=data))
-    if job.get("reservation_id") is not None:
+        row["queue_length"] = row.pop("queue_expires_at") - job["created_at"]
+        await session.execute(_INSERT_JOB_PG, row)
+    else:
+        await session.execute(_INSERT_JOB, row)
+    if inputs:
         await session.execute(
-            update(Reservation)
-            .where(Reservation.id == job["reservation_id"])
-            .values(owner=f"job:{job['id']}", expires_at=reservation_expires)
-            .execution_options(synchronize_session=False)
+            _INSERT_INPUT,
+            [
+                {"job_id": job["id"], "position": position, "field": field, "info": info, "data": data}
+                for position, (field, info, data) in enumerate(inputs)
+            ],
         )
 
 
