@@ -309,8 +309,10 @@ class JobService:
         """A job this process ended: its listeners hear of it, in the background."""
         if not self.on_finished:
             return
-        async with self.db.read() as session:
-            row = await store.get(session, job_id, with_result=True)
+        async with self.db.read() as session:  # its result (megabytes of b64) only for a job with a webhook
+            row = await store.get(session, job_id, with_result=False)
+            if row is not None and row.webhook_url is not None:
+                await session.refresh(row, ["result"])
         if row is None:
             return
         view = self.view(row)

@@ -141,13 +141,15 @@ async def lock_scope(session: AsyncSession, scope: str) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
 
 
+_LOAD_OF = select(
+    func.coalesce(func.sum(case((T.c.status == "queued", 1), else_=0)), 0),
+    func.coalesce(func.sum(T.c.input_bytes), 0),
+).where(T.c.scope == bindparam("scope"), T.c.status.in_(("queued", *ACTIVE)))
+
+
 async def load_of(session: AsyncSession, scope: str) -> tuple[int, int]:
     """(queued jobs, input bytes of unfinished jobs) of a caller: what its caps count."""
-    query = select(
-        func.coalesce(func.sum(case((T.c.status == "queued", 1), else_=0)), 0),
-        func.coalesce(func.sum(T.c.input_bytes), 0),
-    ).where(T.c.scope == scope, T.c.status.in_(("queued", *ACTIVE)))
-    queued, held = (await session.execute(query)).one()
+    queued, held = (await session.execute(_LOAD_OF, {"scope": scope})).one()
     return int(queued), int(held)
 
 

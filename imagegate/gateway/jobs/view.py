@@ -92,7 +92,9 @@ class JobFinishedListener(Protocol):
     cancelled), after that state is committed, by the process that committed
     it. A crash between the commit and the call loses the call: a listener
     that must not miss one keeps its own durable state (the job's ``webhook``
-    column) and sweeps for finished jobs it has not handled."""
+    column) and sweeps for finished jobs it has not handled. The job's
+    ``result`` is loaded only when it has a ``webhook_url`` (None otherwise:
+    a listener never needs the images of a job with no webhook)."""
 
     async def __call__(self, job: JobView) -> None: ...
 
