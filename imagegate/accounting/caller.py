@@ -27,6 +27,10 @@ class Caller:
     budget_period: str = "total"
     budgeted: bool = False
     own_budget: bool = False  # the key itself has a budget (its team may have one too)
+    # A database key's webhook (docs/webhooks.md), read with the key: where its
+    # jobs' webhooks go by default, and whether it has a secret to sign them.
+    webhook_url: str | None = None
+    webhook_signed: bool = False
 
     def may_use(self, model: str) -> bool:
         """Whether the key's allowed models (None: all) include ``model``."""

@@ -228,6 +228,8 @@ class Accounting:
             budget_period=key.budget_period,
             budgeted=key.budget_nusd is not None or key.team is not None,
             own_budget=key.budget_nusd is not None,
+            webhook_url=key.webhook_url,
+            webhook_signed=key.webhook_secret_encrypted is not None,
         )
 
     # -- prices -------------------------------------------------------------------

@@ -43,12 +43,3 @@ async def secret_of(db: Database, vault: Vault, key_id: str) -> str | None:
     async with db.read() as session:
         sealed = (await session.execute(select(ApiKey.webhook_secret_encrypted).where(ApiKey.id == key_id))).scalar()
     return None if sealed is None else vault.unseal(sealed, WHAT, CODE)
-
-
-async def webhook_of(db: Database, key_id: str) -> tuple[str | None, bool]:
-    """The key's webhook URL and whether it has a secret."""
-    async with db.read() as session:
-        row = (
-            await session.execute(select(ApiKey.webhook_url, ApiKey.webhook_secret_encrypted).where(ApiKey.id == key_id))
-        ).first()
-    return (None, False) if row is None else (row.webhook_url, row.webhook_secret_encrypted is not None)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from imagegate.accounting.caller import Caller
 from imagegate.accounting.vault import Vault
-from imagegate.accounting.webhook_keys import secret_of, webhook_of
+from imagegate.accounting.webhook_keys import secret_of
 from imagegate.config import WebhooksConfig
 from imagegate.db.engine import Database
 from imagegate.db.models import ImageJob, WebhookDelivery, utcnow
@@ -63,10 +63,10 @@ class Webhooks:
         ends: the request's ``Imagegate-Webhook-Url`` (checked; a 400 naming
         it), else the key's own (None: no webhook). Every webhook is signed,
         so the header needs a key with a webhook secret."""
-        if url is None:
-            return None if caller.key_id is None else (await webhook_of(self.db, caller.key_id))[0]
+        if url is None:  # the key's own, read with the key when it authenticated
+            return caller.webhook_url
         checked = await self.urls.check(url, param=HEADER, per_request=True)
-        if caller.key_id is None or not (await webhook_of(self.db, caller.key_id))[1]:
+        if caller.key_id is None or not caller.webhook_signed:
             raise InvalidRequestError(
                 f"'{HEADER}' needs an API key with a webhook secret, which signs every webhook; an administrator "
                 "makes one (POST /admin/keys/{id}/webhook-secret, or imagegate keys rotate-webhook-secret).",
