@@ -40,3 +40,15 @@ def test_spaced_key_and_escaped_value_fall_back_correctly() -> None:
 def test_invalid_json_raises_like_orjson(body: bytes) -> None:
     with pytest.raises(orjson.JSONDecodeError):
         loads_images(body)
+
+
+def test_other_keys_give_what_orjson_gives() -> None:
+    keys = ("data", "bytesBase64Encoded")
+    body = (
+        b'{"candidates":[{"content":{"parts":[{"text":"a \\"data\\": x"},{"inlineData":{"mimeType":"image/png","data":"QUJD"}}]}}],'
+        b'"predictions":[{"bytesBase64Encoded":"REVG","mimeType":"image/png"}]}'
+    )
+    assert loads_images(body, keys) == orjson.loads(body)
+    assert loads_images(body, keys)["predictions"][0]["bytesBase64Encoded"] == "REVG"
+    odd = body[:-1] + b',"data":["not","a","string"]}'  # a key whose value is no string: the plain parse
+    assert loads_images(odd, keys) == orjson.loads(odd)

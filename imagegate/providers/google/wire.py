@@ -54,6 +54,7 @@ from imagegate.errors import ImagegateError, InvalidRequestError, UpstreamError
 from imagegate.imaging.probe import sniff_format
 from imagegate.providers.http import ErrorFields, invalid_response
 from imagegate.providers.inputs_map import nearest_ratio, ratio_value
+from imagegate.providers.openai.fastjson import loads_images
 
 log = logging.getLogger("imagegate.providers.google")
 
@@ -241,9 +242,13 @@ def _get(raw: Mapping[str, Any], camel: str) -> Any:
     return raw.get(re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower())
 
 
+# Where an answer's base64 images sit: Gemini's inlineData.data, Imagen's bytesBase64Encoded.
+IMAGE_KEYS = ("data", "bytesBase64Encoded", "bytes_base64_encoded")
+
+
 def parse_json(provider: str, body: bytes) -> dict[str, Any]:
     try:
-        payload = orjson.loads(body)
+        payload = loads_images(body, IMAGE_KEYS)  # the megabytes of base64 cut out, not scanned twice
     except orjson.JSONDecodeError:
         raise invalid_response(provider, "the answer is not JSON") from None
     if not isinstance(payload, dict):

@@ -1,11 +1,13 @@
-"""Parse an OpenAI images answer without scanning its megabytes of base64 twice.
+"""Parse an images answer without scanning its megabytes of base64 twice.
 
 A full JSON parse of a 3 MB answer spends nearly all its time validating the
 one long ``b64_json`` string. Base64 text holds neither ``"`` nor ``\\``, and
 the bytes ``"b64_json":"`` cannot occur inside a JSON string (a quote there
 would be escaped), so each such value can be cut out with ``bytes.find``
 (memchr speed), decoded as ASCII, and the small remainder parsed by orjson.
-Anything unexpected falls back to a plain ``orjson.loads``.
+Anything unexpected falls back to a plain ``orjson.loads``. The key is
+OpenAI's ``b64_json`` by default; other upstreams name theirs (Gemini's
+``inlineData.data``, Imagen's ``bytesBase64Encoded``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 import orjson
 
-_KEY = b'"b64_json"'
 _WHITESPACE = b" \t\r\n"
 # Written into the JSON as escapes; parsed back as "\x00imagegate-b64-N\x00",
 # which no base64 text can be.
@@ -38,14 +39,22 @@ def _value_start(body: bytes, pos: int) -> int:
     return pos + 1
 
 
-def loads_images(body: bytes) -> Any:
-    """``orjson.loads(body)``, faster when the body holds long ``b64_json``
-    strings; the result is the same. Raises ``orjson.JSONDecodeError``."""
+def _next_key(body: bytes, keys: tuple[bytes, ...], pos: int) -> tuple[int, int]:
+    """Where the first of ``keys`` (quoted) occurs from ``pos``, and its length; (-1, 0) for none."""
+    found = [(at, len(k)) for k in keys if (at := body.find(k, pos)) != -1]
+    return min(found) if found else (-1, 0)
+
+
+def loads_images(body: bytes, keys: tuple[str, ...] = ("b64_json",)) -> Any:
+    """``orjson.loads(body)``, faster when the body holds long base64 strings
+    under ``keys``; the result is the same. Raises ``orjson.JSONDecodeError``."""
+    quoted = tuple(f'"{k}"'.encode() for k in keys)
     pieces: list[bytes] = []
     values: list[str] = []
     pos = 0
-    while (key := body.find(_KEY, pos)) != -1:
-        start = _value_start(body, key + len(_KEY))
+    while (found := _next_key(body, quoted, pos))[0] != -1:
+        key, length = found
+        start = _value_start(body, key + length)
         if start == -1:
             return orjson.loads(body)
         end = body.find(b'"', start)
@@ -62,17 +71,17 @@ def loads_images(body: bytes) -> Any:
         return orjson.loads(body)
     pieces.append(body[pos:])
     data = orjson.loads(b"".join(pieces))
-    return _restore(data, values)
+    return _restore(data, values, frozenset(keys))
 
 
-def _restore(node: Any, values: list[str]) -> Any:
+def _restore(node: Any, values: list[str], keys: frozenset[str]) -> Any:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "b64_json" and isinstance(value, str) and value.startswith(_PARSED_PREFIX):
+            if key in keys and isinstance(value, str) and value.startswith(_PARSED_PREFIX):
                 node[key] = values[int(value[len(_PARSED_PREFIX) : -1])]
             elif isinstance(value, dict | list):
-                _restore(value, values)
+                _restore(value, values, keys)
     elif isinstance(node, list):
         for item in node:
-            _restore(item, values)
+            _restore(item, values, keys)
     return node
