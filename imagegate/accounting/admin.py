@@ -37,6 +37,8 @@ class Admin:
     ``check_webhook_url``: refuses a key's webhook URL that may not be used
     (gateway/webhooks/urls.py: a 400 naming ``webhook_url``) and gives it as
     it will be used; without it, webhook URLs cannot be set.
+    ``keys_changed``: told once a key or team changed (a server forgets the
+    keys it authenticated lately: accounting/keycache.py).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class Admin:
         providers: Collection[str] | None = None,
         flush_usage: Callable[[], Awaitable[None]] | None = None,
         check_webhook_url: Callable[[str], Awaitable[str]] | None = None,
+        keys_changed: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -55,6 +58,7 @@ class Admin:
         self._providers = providers
         self._flush_usage = flush_usage
         self._check_webhook_url = check_webhook_url
+        self._keys_changed = keys_changed or (lambda: None)
 
     def _check_models(self, models: list[str] | None) -> None:
         if self._models is None:
@@ -101,11 +105,13 @@ class Admin:
         spec = await self._webhook_spec(spec)
         async with self.db.transaction() as session:
             key = await keys.update_key(session, ref, spec, clear=set(clear))
-            if spec.webhook_url is None or key.webhook_secret_encrypted is not None:
-                return keys.key_view(key)
-            secret = webhook_keys.give_secret(key, self.vault)  # a first webhook URL: its secret, shown once
-            await session.flush()
-            return {**keys.key_view(key), "webhook_secret": secret}
+            view = keys.key_view(key)
+            if spec.webhook_url is not None and key.webhook_secret_encrypted is None:
+                secret = webhook_keys.give_secret(key, self.vault)  # a first webhook URL: its secret, shown once
+                await session.flush()
+                view = {**keys.key_view(key), "webhook_secret": secret}
+        self._keys_changed()
+        return view
 
     async def rotate_webhook_secret(self, ref: str) -> View:
         """Give the key a new webhook secret (``webhook_secret``, shown this
@@ -114,11 +120,15 @@ class Admin:
             key = await keys.get_key(session, ref)
             secret = webhook_keys.give_secret(key, self.vault)
             await session.flush()
-            return {**keys.key_view(key), "webhook_secret": secret}
+            view = {**keys.key_view(key), "webhook_secret": secret}
+        self._keys_changed()
+        return view
 
     async def revoke_key(self, ref: str) -> View:
         async with self.db.transaction() as session:
-            return keys.key_view(await keys.revoke_key(session, ref))
+            view = keys.key_view(await keys.revoke_key(session, ref))
+        self._keys_changed()
+        return view
 
     # -- budget reservations ---------------------------------------------------
 
@@ -146,7 +156,9 @@ class Admin:
     ) -> View:
         """Create a team or change its budget."""
         async with self.db.transaction() as session:
-            return keys.team_view(await keys.update_team(session, name, budget_usd, period, clear_budget))
+            view = keys.team_view(await keys.update_team(session, name, budget_usd, period, clear_budget))
+        self._keys_changed()
+        return view
 
     # -- usage -----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,6 +53,45 @@ class Held:
     amount: int
 
 
+# One reservation to make: (amount, request id, lifetime in seconds, made at
+# (None: now), owner (None: this process)).
+Hold = tuple[int, str, float, datetime | None, str | None]
+
+
+def _row(key_id: str, team: str | None, hold: Hold, now: datetime) -> dict[str, object]:
+    amount, request_id, lifetime_seconds, created, owner = hold
+    return {
+        "id": f"rsv_{secrets.token_hex(12)}",
+        "request_id": request_id[:128],
+        "key_id": key_id,
+        "team": team,
+        "amount_nusd": amount,
+        "owner": owner or this_process(),
+        "created_at": created or now,
+        "expires_at": (created or now) + timedelta(seconds=lifetime_seconds + EXPIRY_MARGIN_SECONDS),
+    }
+
+
+async def hold_many(
+    session: AsyncSession, key: tuple[str, str, str | None], holds: Sequence[Hold], now: datetime
+) -> tuple[str | None, list[Held]]:
+    """Reserve every one of ``holds`` on ``key`` (its id, budget period and
+    team as last read), in the caller's transaction: the budgets asked once
+    for their sum (one conditional UPDATE each, not one per hold), then a
+    row per hold (one INSERT of them all), so the key's ``reserved_nusd``
+    stays the sum of its rows. Returns (refused, held): refused names the
+    budget that said no to the sum ("key"/"team"), and then nothing is
+    held, though the caller must roll its transaction back (the key's
+    UPDATE may have been made before the team's refused)."""
+    key_id, period, team = key
+    refused, held_team = await budgets.reserve(session, key_id, period, team, sum(h[0] for h in holds), now)
+    if refused is not None:
+        return refused, []
+    rows = [_row(key_id, held_team, hold, now) for hold in holds]
+    await session.execute(_INSERT, rows)
+    return None, [Held(str(row["id"]), hold[0]) for row, hold in zip(rows, holds, strict=True)]
+
+
 async def hold(
     session: AsyncSession,
     key: tuple[str, str, str | None],
@@ -61,29 +101,12 @@ async def hold(
     now: datetime,
     owner: str | None = None,
 ) -> tuple[str | None, Held]:
-    """Reserve ``amount`` for a request on ``key`` (its id, budget period and
-    team as last read), in the caller's transaction. Returns (refused, held):
-    refused names the budget that said no ("key"/"team"). ``owner``: this
-    process (the default), or a job (``job:<id>``) that holds it from the start."""
-    key_id, period, team = key
-    refused, held_team = await budgets.reserve(session, key_id, period, team, amount, now)
-    if refused is not None:
-        return refused, Held(None, 0)
-    rid = f"rsv_{secrets.token_hex(12)}"
-    await session.execute(
-        _INSERT,
-        {
-            "id": rid,
-            "request_id": request_id[:128],
-            "key_id": key_id,
-            "team": held_team,
-            "amount_nusd": amount,
-            "owner": owner or this_process(),
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=lifetime_seconds + EXPIRY_MARGIN_SECONDS),
-        },
-    )
-    return None, Held(rid, amount)
+    """Reserve ``amount`` for a request on ``key``, in the caller's
+    transaction. Returns (refused, held): refused names the budget that said
+    no ("key"/"team"). ``owner``: this process (the default), or a job
+    (``job:<id>``) that holds it from the start."""
+    refused, held = await hold_many(session, key, [(amount, request_id, lifetime_seconds, now, owner)], now)
+    return refused, held[0] if held else Held(None, 0)
 
 
 async def settle(session: AsyncSession, reservation_id: str | None, key_id: str, team: str | None, charge: int) -> bool:

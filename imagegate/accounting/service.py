@@ -23,7 +23,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate.accounting import budgets, keys, reservations
+from imagegate.accounting import budgets, keycache, keys, reservations
 from imagegate.accounting.caller import Caller
 from imagegate.accounting.journal import SettlementJournal
 from imagegate.accounting.money import usd_str
@@ -47,7 +47,7 @@ from imagegate.contract.requests import ImageRequest
 from imagegate.contract.results import Deployment, ImageMeta, Usage
 from imagegate.db.engine import Database
 from imagegate.db.migrate import upgrade_async
-from imagegate.db.models import Team, UsageRecord, aware, utcnow
+from imagegate.db.models import ApiKey, Team, UsageRecord, utcnow
 from imagegate.errors import (
     AuthenticationError,
     ImagegateError,
@@ -112,6 +112,25 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def _caller_of(key: ApiKey) -> Caller:
+    """A valid database key's caller (without a virtual key)."""
+    return Caller(
+        "key",
+        key_id=key.id,
+        team=key.team,
+        is_admin=key.is_admin,
+        models=tuple(key.allowed_models) if key.allowed_models is not None else None,
+        rpm=key.rpm,
+        ipm=key.ipm,
+        identity=f"key:{key.id}",
+        budget_period=key.budget_period,
+        budgeted=key.budget_nusd is not None or key.team is not None,
+        own_budget=key.budget_nusd is not None,
+        webhook_url=key.webhook_url,
+        webhook_signed=key.webhook_secret_encrypted is not None,
+    )
+
+
 class Accounting:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -128,6 +147,7 @@ class Accounting:
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys_exist = False  # once true, stays true (keys are revoked, never deleted)
         self._keys_checked = float("-inf")
+        self.known_keys = keycache.KeyCache(settings.auth.key_cache_seconds)
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
@@ -202,35 +222,32 @@ class Accounting:
             return Caller("master", is_admin=True, virtual_key=virtual_key, identity="master")
         if any(hmac.compare_digest(digest, d) for d in self._static):
             return Caller("static", virtual_key=virtual_key, identity=f"static:{digest.hex()[:24]}")
-        key = None
-        if secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
+        if not secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
+            return await self._unknown_key(virtual_key)
+        known = self.known_keys.get(digest)
+        if known is None:
             async with self.db.read() as session:
                 key = await keys.find_by_secret(session, secret)
-        if key is None:
-            if await self.keys_required():
-                raise AuthenticationError("Incorrect API key provided.")
-            return Caller("anonymous", virtual_key=virtual_key)
-        self._keys_exist = True  # a key exists (made in this process or another): required from now on
-        if not key.enabled or key.revoked_at is not None:
-            raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
-        if key.expires_at is not None and aware(key.expires_at) <= utcnow():
+            if key is None:
+                return await self._unknown_key(virtual_key)
+            self._keys_exist = True  # a key exists (made in this process or another): required from now on
+            if not key.enabled or key.revoked_at is not None:
+                raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
+            known = _caller_of(key), key.expires_at
+            self.known_keys.put(digest, *known)
+        caller, expires_at = known
+        if keycache.expired(expires_at):
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
-        return Caller(
-            "key",
-            key_id=key.id,
-            team=key.team,
-            is_admin=key.is_admin,
-            models=tuple(key.allowed_models) if key.allowed_models is not None else None,
-            rpm=key.rpm,
-            ipm=key.ipm,
-            virtual_key=virtual_key,
-            identity=f"key:{key.id}",
-            budget_period=key.budget_period,
-            budgeted=key.budget_nusd is not None or key.team is not None,
-            own_budget=key.budget_nusd is not None,
-            webhook_url=key.webhook_url,
-            webhook_signed=key.webhook_secret_encrypted is not None,
-        )
+        return replace(caller, virtual_key=virtual_key) if virtual_key is not None else caller
+
+    async def _unknown_key(self, virtual_key: str | None) -> Caller:
+        if await self.keys_required():
+            raise AuthenticationError("Incorrect API key provided.")
+        return Caller("anonymous", virtual_key=virtual_key)
+
+    def forget_keys(self) -> None:
+        """Read every key afresh from the database (its row changed)."""
+        self.known_keys.clear()
 
     # -- prices -------------------------------------------------------------------
 
@@ -310,21 +327,21 @@ class Accounting:
         return admission, max(worst_case(price, r) for r, price in prices)
 
     async def reserve_in(
-        self, session: AsyncSession, admission: Admission, wanted: int, lifetime_seconds: float, now: datetime, owner: str
-    ) -> reservations.Held:
-        """Reserve ``wanted`` (from :meth:`prepare`) in the caller's
-        transaction, the row owned by ``owner`` (a job: ``job:<id>``) and
-        expiring ``lifetime_seconds`` (plus the margin) after ``now``. Raises
-        :class:`BudgetRefused` when a budget says no: the caller lets it roll
-        its transaction back, then raises :meth:`refused`'s error. The
-        admission is not changed: the caller sets ``reserved`` and
-        ``reservation_id`` once its transaction committed."""
-        caller = admission.caller
+        self, session: AsyncSession, caller: Caller, holds: Sequence[reservations.Hold], now: datetime
+    ) -> list[reservations.Held]:
+        """Reserve each of ``holds`` (amounts from :meth:`prepare`, each with
+        its request id, lifetime, time and owner: a job, ``job:<id>``) on
+        ``caller``'s budgets in the caller's transaction, the budgets asked
+        once for their sum. Raises :class:`BudgetRefused` (for the sum) when
+        a budget says no: the caller lets it roll its transaction back, then
+        raises :meth:`refused`'s error. Admissions are not changed: the
+        caller sets ``reserved`` and ``reservation_id`` once its transaction
+        committed."""
         assert caller.key_id is not None
         key = (caller.key_id, caller.budget_period, caller.team)
-        refused, held = await reservations.hold(session, key, wanted, admission.request_id, lifetime_seconds, now, owner)
+        refused, held = await reservations.hold_many(session, key, holds, now)
         if refused is not None:
-            raise BudgetRefused(refused, caller.budget_period, wanted)
+            raise BudgetRefused(refused, caller.budget_period, sum(h[0] for h in holds))
         return held
 
     async def refused(self, admission: Admission, no: BudgetRefused) -> RateLimitError:

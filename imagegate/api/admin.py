@@ -108,6 +108,7 @@ def _admin(service: ServiceDep) -> Admin:
         providers=service.providers,
         flush_usage=accounting.flush_usage,
         check_webhook_url=WebhookURLs(service.settings.webhooks).check_key_url,
+        keys_changed=accounting.forget_keys,
     )
 
 

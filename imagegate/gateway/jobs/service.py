@@ -36,6 +36,7 @@ from imagegate.errors import GoneError, ImagegateError, InvalidRequestError, Not
 from imagegate.gateway.hosted import HostedFiles
 from imagegate.gateway.jobs import codec, store
 from imagegate.gateway.jobs.execute import JobExecutor, cancelled, expired
+from imagegate.gateway.jobs.intake import Intake, Submission
 from imagegate.gateway.jobs.view import FINAL, JOB_PATH, JobFinishedListener, JobStatus, JobView, WebhookUrlCheck
 from imagegate.gateway.jobs.worker import JobWorkers
 from imagegate.gateway.routes import Route
@@ -76,6 +77,7 @@ class JobService:
         self.executor = JobExecutor(self.db, runner, accounting, routes, self.me, self.config.lease_seconds,
                                     self.config.max_queue_seconds, self._finished)  # fmt: skip
         self.workers = JobWorkers(self.db, self.executor, self.config, self.me)
+        self.intake = Intake(self.db, accounting, self._check_caps)
 
     # -- the job object --------------------------------------------------------------
 
@@ -193,22 +195,16 @@ class JobService:
     async def _accept(
         self, row: dict[str, Any], inputs: Any, admission: Admission, wanted: int | None, lives: float
     ) -> JobView | None:
-        """Accept the job in ONE transaction, under the caller's lock: its
-        caps checked (concurrent submissions cannot all pass one count), its
-        worst case reserved (``wanted``; the row owned by the job from the
-        start, ``job:<id>``, expiring ``lives`` seconds after the job was made,
-        plus the margin), the job and its inputs inserted. Any failure rolls
-        all of it back: nothing is left reserved. The answer is built from
-        the values written (no read back). None: the Idempotency-Key was taken."""
+        """Accept the job in ONE transaction (intake.py: shared with the
+        submissions that arrived with it), under the caller's lock: its caps
+        checked (concurrent submissions cannot all pass one count), its worst
+        case reserved (``wanted``; the row owned by the job from the start,
+        ``job:<id>``, expiring ``lives`` seconds after the job was made, plus
+        the margin), the job and its inputs inserted. Any failure rolls all
+        of it back: nothing is left reserved. The answer is built from the
+        values written (no read back). None: the Idempotency-Key was taken."""
         try:
-            async with self.db.transaction() as session:
-                await store.lock_scope(session, row["scope"])
-                self._check_caps(*await store.load_of(session, row["scope"]), store.input_size(inputs))
-                if wanted is not None:
-                    owner = f"job:{row['id']}"
-                    held = await self.accounting.reserve_in(session, admission, wanted, lives, row["created_at"], owner)
-                    row["reservation_id"], row["reserved_nusd"] = held.id, held.amount
-                await store.insert(session, row, inputs)
+            await self.intake.accept(Submission(row, inputs, admission, wanted, lives))
         except BudgetRefused as no:
             raise await self.accounting.refused(admission, no) from None
         except RateLimitError as exc:  # a cap: recorded as a refusal (nothing was reserved)
@@ -342,6 +338,7 @@ class JobService:
             log.info("deleted %d finished job(s) past their results' lifetime", removed)
 
     async def aclose(self) -> None:
+        await self.intake.aclose()
         await self.workers.aclose()
         if self._listening:
             await asyncio.gather(*self._listening, return_exceptions=True)

@@ -48,6 +48,7 @@ _CLAIMED = (
     T.c.request_id, T.c.base_url, T.c.reservation_id, T.c.reserved_nusd, T.c.outcome, T.c.created_at, T.c.cancel_requested,
 )  # fmt: skip
 Now = datetime | ColumnElement[datetime]
+Inputs = Sequence[tuple[str, dict[str, Any], bytes]]  # a job's images and mask: (field, info, bytes)
 
 
 def _now(postgres: bool) -> Now:
@@ -98,21 +99,32 @@ _INSERT_INPUT = insert_into(JobInput.__table__)
 async def insert(session: AsyncSession, job: dict[str, Any], inputs: Sequence[tuple[str, dict[str, Any], bytes]]) -> None:
     """The job (``job``: its columns; its reservation, if any, already made
     in this transaction and owned by it) and its inputs, in the caller's
-    transaction: Core statements, no ORM objects."""
-    row = {**job, "input_bytes": input_size(inputs)}
-    if _session_pg(session):
-        row["queue_length"] = row.pop("queue_expires_at") - job["created_at"]
-        await session.execute(_INSERT_JOB_PG, row)
-    else:
-        await session.execute(_INSERT_JOB, row)
-    if inputs:
-        await session.execute(
-            _INSERT_INPUT,
-            [
-                {"job_id": job["id"], "position": position, "field": field, "info": info, "data": data}
-                for position, (field, info, data) in enumerate(inputs)
-            ],
-        )
+    transaction."""
+    await insert_many(session, [(job, inputs)])
+
+
+async def insert_many(session: AsyncSession, jobs: Sequence[tuple[dict[str, Any], Inputs]]) -> None:
+    """Jobs (their columns; their reservations already made in this
+    transaction) and their inputs, in the caller's transaction: one Core
+    INSERT of all the jobs and one of all their inputs (executemany), no
+    ORM objects."""
+    if not jobs:
+        return
+    pg = _session_pg(session)
+    rows = []
+    for job, inputs in jobs:
+        row = {**job, "input_bytes": input_size(inputs)}
+        if pg:
+            row["queue_length"] = row.pop("queue_expires_at") - job["created_at"]
+        rows.append(row)
+    await session.execute(_INSERT_JOB_PG if pg else _INSERT_JOB, rows)
+    held = [
+        {"job_id": job["id"], "position": position, "field": field, "info": info, "data": data}
+        for job, inputs in jobs
+        for position, (field, info, data) in enumerate(inputs)
+    ]
+    if held:
+        await session.execute(_INSERT_INPUT, held)
 
 
 async def find_idempotent(session: AsyncSession, scope: str, key: str) -> ImageJob | None:
@@ -124,7 +136,7 @@ async def find_idempotent(session: AsyncSession, scope: str, key: str) -> ImageJ
     return (await session.execute(query)).scalar_one_or_none()
 
 
-def input_size(inputs: Sequence[tuple[str, dict[str, Any], bytes]]) -> int:
+def input_size(inputs: Inputs) -> int:
     """The bytes a job's inputs (images, mask) hold in ``job_inputs``."""
     return sum(len(data) for _, _, data in inputs)
 
