@@ -104,7 +104,8 @@ async def reserve(
     """Reserve ``amount`` on the key and its team, in the caller's transaction.
     ``period`` and ``team`` are the key's as the caller last read them.
     Returns (refused, team): refused is None when admitted, else which budget
-    refused ("key" or "team"); team is the team that holds the amount too."""
+    refused ("key" or "team"), and nothing is left changed; team is the team
+    that holds the amount too."""
     if not await _reserve_key(session, key_id, period, amount, now):
         key = await session.get(ApiKey, key_id)  # refused, or its period or team changed since it was read
         if key is None or key.budget_period == period or not await _reserve_key(session, key_id, key.budget_period, amount, now):
@@ -115,6 +116,7 @@ async def reserve(
         if row is not None:
             await _roll(session, Team, row.name, row.budget_period, now)
             if not await _reserve_row(session, Team, row.name, amount):
+                await release(session, key_id, None, amount)  # a refusal changes nothing: the key's share back
                 return "team", None
             return None, row.name
     return None, None

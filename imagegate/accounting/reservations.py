@@ -81,8 +81,7 @@ async def hold_many(
     row per hold (one INSERT of them all), so the key's ``reserved_nusd``
     stays the sum of its rows. Returns (refused, held): refused names the
     budget that said no to the sum ("key"/"team"), and then nothing is
-    held, though the caller must roll its transaction back (the key's
-    UPDATE may have been made before the team's refused)."""
+    held or changed."""
     key_id, period, team = key
     refused, held_team = await budgets.reserve(session, key_id, period, team, sum(h[0] for h in holds), now)
     if refused is not None:

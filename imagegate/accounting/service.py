@@ -333,8 +333,8 @@ class Accounting:
         its request id, lifetime, time and owner: a job, ``job:<id>``) on
         ``caller``'s budgets in the caller's transaction, the budgets asked
         once for their sum. Raises :class:`BudgetRefused` (for the sum) when
-        a budget says no: the caller lets it roll its transaction back, then
-        raises :meth:`refused`'s error. Admissions are not changed: the
+        a budget says no, having changed nothing; the caller raises
+        :meth:`refused`'s error (or, for several, asks for each alone). Admissions are not changed: the
         caller sets ``reserved`` and ``reservation_id`` once its transaction
         committed."""
         assert caller.key_id is not None
@@ -365,7 +365,7 @@ class Accounting:
         async with self.db.transaction() as session:
             refused, held = await reservations.hold(session, key, wanted, request_id, lifetime_seconds, utcnow())
             if refused is not None:
-                raise BudgetRefused(refused, caller.budget_period, wanted)  # rolls the key's and team's reservations back
+                raise BudgetRefused(refused, caller.budget_period, wanted)
         return held
 
     async def _undo(self, write: asyncio.Future[reservations.Held], admission: Admission) -> None:

@@ -98,7 +98,7 @@ def _spec(body: KeyCreate | KeyUpdate) -> keys.KeySpec:
     )
 
 
-def _admin(service: ServiceDep) -> Admin:
+async def _admin(service: ServiceDep) -> Admin:
     """The admin operations on the server's database, checked against its models and providers."""
     accounting = service.accounting
     return Admin(

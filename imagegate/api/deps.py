@@ -11,7 +11,7 @@ from imagegate.errors import PermissionDeniedError
 from imagegate.gateway.service import ImageService
 
 
-def get_service(request: Request) -> ImageService:
+async def get_service(request: Request) -> ImageService:
     service: ImageService = request.app.state.service
     return service
 

@@ -66,7 +66,7 @@ def decode_request(
 
 
 def encode_caller(caller: Caller) -> dict[str, Any]:
-    doc = asdict(caller)
+    doc = {name: getattr(caller, name) for name in Caller.__dataclass_fields__}  # flat: no asdict deep copies
     doc["models"] = list(caller.models) if caller.models is not None else None
     return doc
 

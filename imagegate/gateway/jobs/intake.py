@@ -16,11 +16,15 @@ accepts all of them at once (up to ``MAX_BATCH``):
   (one conditional UPDATE), then one reservation row per job;
 * the jobs and their inputs inserted with one statement each (executemany).
 
-A batch that cannot be accepted whole (a budget refuses the sum, an
-Idempotency-Key is taken) is rolled back and its submissions accepted one
-transaction each, so every one gets exactly the answer it would have had
-alone. Nothing is written outside a transaction that commits or rolls
-back as a whole: a failure leaves nothing reserved and no job half made.
+Every submission gets exactly the answer it would have had alone: a caller
+whose budgets refuse the sum of several jobs (some may fit) has them
+accepted one transaction each after the batch, the others' jobs unaffected;
+a duplicate Idempotency-Key (the insert fails, which one is not known)
+rolls the batch back and each is accepted alone. Nothing is written outside
+a transaction that commits or rolls back as a whole: a failure leaves
+nothing reserved and no job half made. (A caller's jobs sent alone were
+counted by its caps' check in the batch: a later job of that same caller
+in the batch may be refused a cap it would just have fitted under.)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.accounting.service import Accounting, Admission, BudgetRefused
 from imagegate.db.engine import Database
@@ -56,10 +61,6 @@ class Submission:
     wanted: int | None
     lives: float
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class _NotWhole(Exception):
-    """The batch cannot be accepted as a whole: accept its submissions one by one."""
 
 
 class Intake:
@@ -99,66 +100,78 @@ class Intake:
                     raise
 
     async def _write(self, batch: list[Submission]) -> None:
-        if len(batch) > 1:
-            try:
-                outcomes = await self._transaction(batch)
-            except _NotWhole:
-                for submission in batch:
-                    await self._write([submission])
-                return
-        else:
-            try:
-                outcomes = await self._transaction(batch)
-            except (BudgetRefused, IntegrityError) as exc:
-                outcomes = [exc]
+        try:
+            outcomes, alone = await self._transaction(batch)
+        except IntegrityError as exc:  # a duplicate (an Idempotency-Key taken meanwhile): rolled back
+            if len(batch) == 1:
+                outcomes, alone = [exc], []
+            else:  # which one is not known: each alone
+                outcomes, alone = [None] * len(batch), batch
         for submission, outcome in zip(batch, outcomes, strict=True):
+            if submission in alone:
+                continue
             if outcome is None:
                 submission.done.set_result(None)
             else:
                 submission.done.set_exception(outcome)
+        for submission in alone:
+            await self._write([submission])
 
-    async def _transaction(self, batch: list[Submission]) -> list[Exception | None]:
-        """Accept ``batch`` in one transaction: for each submission None
-        (accepted) or the cap that refused it. A refusal of the budget or
-        the Idempotency-Key rolls it all back: raised as is for one
-        submission, as :class:`_NotWhole` for several."""
+    async def _transaction(self, batch: list[Submission]) -> tuple[list[Exception | None], list[Submission]]:
+        """Accept ``batch`` in one transaction. Returns, for each submission,
+        None (accepted) or what refused it (a cap, a budget), and the
+        submissions to accept alone, each in a transaction of its own: those
+        of a caller whose budgets refused the sum of several."""
         outcomes: list[Exception | None] = [None] * len(batch)
-        try:
-            async with self.db.transaction() as session:
-                scopes = sorted({s.row["scope"] for s in batch})
-                load: dict[str, tuple[int, int]] = {}
-                for scope in scopes:  # in a fixed order: replicas' batches never wait on each other in a circle
-                    await store.lock_scope(session, scope)
-                    load[scope] = await store.load_of(session, scope)
-                for n, submission in enumerate(batch):
-                    scope, size = submission.row["scope"], store.input_size(submission.inputs)
-                    queued, held = load[scope]
-                    try:
-                        self.check_caps(queued, held, size)
-                    except Exception as refused:
-                        outcomes[n] = refused
-                        continue
-                    load[scope] = (queued + 1, held + size)
-                accepted = [s for s, outcome in zip(batch, outcomes, strict=True) if outcome is None]
-                await self._reserve(session, accepted)
-                await store.insert_many(session, [(s.row, s.inputs) for s in accepted])
-        except (BudgetRefused, IntegrityError):
-            if len(batch) > 1:
-                raise _NotWhole from None
-            raise
-        return outcomes
+        async with self.db.transaction() as session:
+            scopes = sorted({s.row["scope"] for s in batch})
+            load: dict[str, tuple[int, int]] = {}
+            for scope in scopes:  # in a fixed order: replicas' batches never wait on each other in a circle
+                await store.lock_scope(session, scope)
+                load[scope] = await store.load_of(session, scope)
+            for n, submission in enumerate(batch):
+                scope, size = submission.row["scope"], store.input_size(submission.inputs)
+                queued, held = load[scope]
+                try:
+                    self.check_caps(queued, held, size)
+                except Exception as cap:
+                    outcomes[n] = cap
+                    continue
+                load[scope] = (queued + 1, held + size)
+            accepted = [s for s, outcome in zip(batch, outcomes, strict=True) if outcome is None]
+            refused, alone = await self._reserve(session, accepted)
+            for n, submission in enumerate(batch):
+                if submission in refused:
+                    outcomes[n] = refused[submission]
+            later = set(alone)
+            await store.insert_many(session, [(s.row, s.inputs) for s in accepted if s not in refused and s not in later])
+        return outcomes, alone
 
-    async def _reserve(self, session: Any, accepted: list[Submission]) -> None:
+    async def _reserve(
+        self, session: AsyncSession, accepted: list[Submission]
+    ) -> tuple[dict[Submission, BudgetRefused], list[Submission]]:
         """Each caller's budgets asked once, for the sum of its submissions'
-        worst cases; a row per submission, owned by its job."""
+        worst cases; a row per submission, owned by its job. Returns the
+        submissions refused (a caller with one), and those to accept alone (a
+        caller whose budgets refused the sum of several: some may fit)."""
         callers: dict[tuple[str | None, str, str | None], list[Submission]] = {}
         for submission in accepted:
             if submission.wanted is not None:
                 caller = submission.admission.caller  # as its request read it: the same key, its period and team
                 callers.setdefault((caller.key_id, caller.budget_period, caller.team), []).append(submission)
         now = utcnow()
+        refused: dict[Submission, BudgetRefused] = {}
+        alone: list[Submission] = []
         for group in callers.values():
             holds = [(s.wanted or 0, s.admission.request_id, s.lives, s.row["created_at"], f"job:{s.row['id']}") for s in group]
-            held = await self.accounting.reserve_in(session, group[0].admission.caller, holds, now)
+            try:
+                held = await self.accounting.reserve_in(session, group[0].admission.caller, holds, now)
+            except BudgetRefused as no:  # nothing was changed
+                if len(group) == 1:
+                    refused[group[0]] = no
+                else:
+                    alone.extend(group)
+                continue
             for submission, one in zip(group, held, strict=True):
                 submission.row["reservation_id"], submission.row["reserved_nusd"] = one.id, one.amount
+        return refused, alone
