@@ -25,6 +25,9 @@ class KeyCache:
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl = ttl_seconds
         self._entries: dict[bytes, tuple[float, Caller, datetime | None]] = {}
+        # Counts clear()s: a key read before one (a revoke committing while it
+        # was read) is not remembered after it (put's ``since``).
+        self.generation = 0
 
     def get(self, digest: bytes) -> tuple[Caller, datetime | None] | None:
         """The caller of a key read less than the TTL ago, and its expiry time."""
@@ -37,15 +40,18 @@ class KeyCache:
             return None
         return caller, expires_at
 
-    def put(self, digest: bytes, caller: Caller, expires_at: datetime | None) -> None:
-        """Remember a valid key (never a revoked, disabled or unknown one)."""
-        if self.ttl <= 0:
+    def put(self, digest: bytes, caller: Caller, expires_at: datetime | None, since: int) -> None:
+        """Remember a valid key (never a revoked, disabled or unknown one),
+        read when :attr:`generation` was ``since``: not if the keys were
+        forgotten since (what was read may be what a change replaced)."""
+        if self.ttl <= 0 or since != self.generation:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[digest] = (time.monotonic() + self.ttl, caller, expires_at)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 

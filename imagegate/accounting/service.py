@@ -226,6 +226,7 @@ class Accounting:
             return await self._unknown_key(virtual_key)
         known = self.known_keys.get(digest)
         if known is None:
+            since = self.known_keys.generation
             async with self.db.read() as session:
                 key = await keys.find_by_secret(session, secret)
             if key is None:
@@ -234,7 +235,7 @@ class Accounting:
             if not key.enabled or key.revoked_at is not None:
                 raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
             known = _caller_of(key), key.expires_at
-            self.known_keys.put(digest, *known)
+            self.known_keys.put(digest, *known, since=since)
         caller, expires_at = known
         if keycache.expired(expires_at):
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
