@@ -247,3 +247,7 @@ def test_idempotency_keys_inside_a_burst(gw: Running, batches: Batches) -> None:
     check_accepted(gw, key, list(jobs.values()), wanted)  # the replays and the conflicts hold nothing
     cancel_all(gw, secret, list(jobs))
     assert money(gw.base_url, key["id"]) == NOTHING
+    # One usage row per job (each ended cancelled); a replay records nothing, whether
+    # it lost the race inside a batch or came later, and neither does a reused key.
+    usage = admin(gw.base_url, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
+    assert [row["requests"] for row in usage] == [len(jobs)], usage

@@ -165,7 +165,8 @@ class JobService:
         if accepted is None:  # the same Idempotency-Key, accepted a moment ago by another request
             assert idem_scope is not None and idempotency_key is not None and fingerprint is not None
             earlier = await self._earlier(idem_scope, idempotency_key, fingerprint)
-            if earlier is None:
+            if earlier is None:  # recorded as a refusal; a replay records nothing, as one sent later
+                await self.accounting.settle(admission, Outcome(status=409, error_code="job_not_accepted"))
                 raise Conflict("A request with this Idempotency-Key is being accepted; retry.", param="Idempotency-Key",
                                code="idempotency_key_in_use")  # fmt: skip
             return earlier, True
@@ -210,8 +211,7 @@ class JobService:
         except RateLimitError as exc:  # a cap: recorded as a refusal (nothing was reserved)
             await self.accounting.settle(admission, Outcome(status=429, error_code=exc.code))
             raise
-        except IntegrityError:  # the Idempotency-Key: recorded as a refusal (nothing was reserved)
-            await self.accounting.settle(admission, Outcome(status=409, error_code="job_not_accepted"))
+        except IntegrityError:  # the Idempotency-Key, taken meanwhile: a replay (nothing was reserved)
             return None
         return self._new_view(row)
 
