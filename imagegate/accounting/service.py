@@ -148,6 +148,7 @@ class Accounting:
         self._keys_exist = False  # once true, stays true (keys are revoked, never deleted)
         self._keys_checked = float("-inf")
         self.known_keys = keycache.KeyCache(settings.auth.key_cache_seconds)
+        self._reading: dict[bytes, asyncio.Future[tuple[Caller, datetime | None] | None]] = {}
 
     async def start(self) -> None:
         await upgrade_async(self.settings.database_url)
@@ -224,22 +225,40 @@ class Accounting:
             return Caller("static", virtual_key=virtual_key, identity=f"static:{digest.hex()[:24]}")
         if not secret.startswith(keys.SECRET_PREFIX):  # only these can be database keys
             return await self._unknown_key(virtual_key)
-        known = self.known_keys.get(digest)
+        known = self.known_keys.get(digest) or await self._read_key(digest, secret)
         if known is None:
-            since = self.known_keys.generation
-            async with self.db.read() as session:
-                key = await keys.find_by_secret(session, secret)
-            if key is None:
-                return await self._unknown_key(virtual_key)
-            self._keys_exist = True  # a key exists (made in this process or another): required from now on
-            if not key.enabled or key.revoked_at is not None:
-                raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
-            known = _caller_of(key), key.expires_at
-            self.known_keys.put(digest, *known, since=since)
+            return await self._unknown_key(virtual_key)
         caller, expires_at = known
         if keycache.expired(expires_at):
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
         return replace(caller, virtual_key=virtual_key) if virtual_key is not None else caller
+
+    async def _read_key(self, digest: bytes, secret: str) -> tuple[Caller, datetime | None] | None:
+        """A database key's caller and expiry (None: no such key), read once
+        for all the requests that ask at the same time (a burst's first
+        requests would otherwise each read the same row); with no cache
+        (``key_cache_seconds: 0``), by each request itself."""
+        if self.known_keys.ttl <= 0:
+            return await self._load_key(digest, secret)
+        reading = self._reading.get(digest)
+        if reading is None:
+            reading = asyncio.ensure_future(self._load_key(digest, secret))
+            self._reading[digest] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(digest, None))
+        return await asyncio.shield(reading)
+
+    async def _load_key(self, digest: bytes, secret: str) -> tuple[Caller, datetime | None] | None:
+        since = self.known_keys.generation
+        async with self.db.read() as session:
+            key = await keys.find_by_secret(session, secret)
+        if key is None:
+            return None
+        self._keys_exist = True  # a key exists (made in this process or another): required from now on
+        if not key.enabled or key.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
+        known = _caller_of(key), key.expires_at
+        self.known_keys.put(digest, *known, since=since)
+        return known
 
     async def _unknown_key(self, virtual_key: str | None) -> Caller:
         if await self.keys_required():
