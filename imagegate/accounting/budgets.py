@@ -12,14 +12,29 @@ UTC); at the start of a new period, spending starts again from zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Table, Update, bindparam, case, update
+from sqlalchemy import BigInteger, Table, Update, bindparam, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from imagegate.db.engine import rowcount
 from imagegate.db.models import ApiKey, Team
+
+
+async def lock(session: AsyncSession, key_ids: Iterable[str], teams: Iterable[str]) -> None:
+    """Lock the rows of ``key_ids``, then of ``teams``, each in sorted order,
+    in the caller's transaction (PostgreSQL; SQLite's single writer needs
+    none): the order every reservation and settlement takes them in (a
+    key, then its team), so a transaction touching several keys and teams
+    never waits on one that waits on it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for pk, idents in ((ApiKey.id, key_ids), (Team.name, teams)):
+        wanted = sorted(set(idents))
+        if wanted:
+            await session.execute(select(pk).where(pk.in_(wanted)).order_by(pk).with_for_update())
 
 
 def period_start(period: str, now: datetime) -> datetime:

@@ -23,7 +23,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -244,7 +244,7 @@ class Accounting:
         if reading is None:
             reading = asyncio.ensure_future(self._load_key(digest, secret))
             self._reading[digest] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(digest, None))
+            reading.add_done_callback(lambda done: self._reading.pop(digest) if self._reading.get(digest) is done else None)
         return await asyncio.shield(reading)
 
     async def _load_key(self, digest: bytes, secret: str) -> tuple[Caller, datetime | None] | None:
@@ -257,7 +257,8 @@ class Accounting:
         if not key.enabled or key.revoked_at is not None:
             raise AuthenticationError("This API key has been revoked or disabled.", code="invalid_api_key")
         known = _caller_of(key), key.expires_at
-        self.known_keys.put(digest, *known, since=since)
+        if known[0].budgeted:  # one without a budget is read every time: a budget given to it holds at once
+            self.known_keys.put(digest, *known, since=since)
         return known
 
     async def _unknown_key(self, virtual_key: str | None) -> Caller:
@@ -266,8 +267,10 @@ class Accounting:
         return Caller("anonymous", virtual_key=virtual_key)
 
     def forget_keys(self) -> None:
-        """Read every key afresh from the database (its row changed)."""
+        """Read every key afresh from the database (its row changed): reads
+        under way are not shared with requests that come from now on."""
         self.known_keys.clear()
+        self._reading.clear()
 
     # -- prices -------------------------------------------------------------------
 
@@ -345,6 +348,14 @@ class Accounting:
                 code="model_not_priced",
             )
         return admission, max(worst_case(price, r) for r, price in prices)
+
+    async def lock_budgets(self, session: AsyncSession, callers: Iterable[Caller]) -> None:
+        """Lock the budget rows (keys, then teams, each sorted) that
+        :meth:`reserve_in` will change for ``callers``, in the caller's
+        transaction: one transaction reserving for several keys takes them in
+        the order every other reservation and settlement does."""
+        callers = list(callers)
+        await budgets.lock(session, (c.key_id for c in callers if c.key_id), (c.team for c in callers if c.team))
 
     async def reserve_in(
         self, session: AsyncSession, caller: Caller, holds: Sequence[reservations.Hold], now: datetime

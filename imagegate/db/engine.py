@@ -64,6 +64,19 @@ def _unavailable_as_503() -> Iterator[None]:
         ) from exc
 
 
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is PostgreSQL's "deadlock
+    detected" (SQLSTATE 40P01): the transaction was rolled back, and running
+    its work again may well succeed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if getattr(orig, "sqlstate", None) == "40P01" or getattr(orig, "pgcode", None) == "40P01":
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def make_engine(url: str) -> AsyncEngine:
     ensure_sqlite_dir(url)
     if url.startswith("sqlite"):

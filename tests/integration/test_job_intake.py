@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -251,3 +252,67 @@ def test_idempotency_keys_inside_a_burst(gw: Running, batches: Batches) -> None:
     # it lost the race inside a batch or came later, and neither does a reused key.
     usage = admin(gw.base_url, "GET", "/admin/usage", params={"key": key["id"], "group_by": "key"}).json()["data"]
     assert [row["requests"] for row in usage] == [len(jobs)], usage
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_budget_refusal_in_a_batch_does_not_leave_a_cap_refusal_behind(
+    database: str, upstream: SlowOpenAI, tmp_path: Path, request: pytest.FixtureRequest, batches: Batches
+) -> None:
+    # Cap 2 queued jobs; two dear jobs the budget refuses, then a cheap one it
+    # fits. One by one the cheap one is accepted (the dear ones never counted
+    # against the cap); a batch must answer the same, though its caps' check
+    # counted the dear ones before their budget said no.
+    cfg = config(upstream.base_url)
+    cfg["jobs"] = {"workers": 0, "max_queued_per_key": 2}
+    if database == "postgresql":
+        cfg["database"] = {"url": request.getfixturevalue("postgres_url")}
+    with run_server(cfg, tmp_path) as gw:
+        one = worst_case(gw)
+        key = create_key(gw, budget_usd=float(one * 3 / 2))
+        filler = [(new_key(gw.base_url)["key"], body(f"f{n:03d}"), {}) for n in range(2) for _ in range(12)]
+        mine = [(key["key"], {**body("d001"), "n": 4}, {}), (key["key"], {**body("d002"), "n": 4}, {}),
+                (key["key"], body("c003"), {})]  # fmt: skip
+        answers = burst(gw, [*filler[:20], *mine, *filler[20:]])[20:23]
+        scope = f"key:{key['id']}"
+        assert any(sum(1 for s, _ in batch if s == scope) == 3 for batch in batches), batches  # they met in one
+        assert [_code(r) for r in answers] == [(429, "insufficient_quota"), (429, "insufficient_quota"), (202, None)]
+        assert money(gw.base_url, key["id"]) == (0, Decimal(answers[2].json()["reserved_usd"]))
+
+
+def _code(r: httpx.Response) -> tuple[int, str | None]:
+    return r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else None
+
+
+def test_keys_of_shared_teams_with_sync_requests_alongside_never_deadlock(
+    postgres_url: str, upstream: SlowOpenAI, tmp_path: Path
+) -> None:
+    # A batch reserves for several keys and their teams in one transaction,
+    # beside sync reservations and settlements (a key, then its team): it must
+    # take the rows in the same order (keys, then teams, sorted) or
+    # PostgreSQL's deadlock detector fails whole batches (a 503 each).
+    cfg = {**config(upstream.base_url), "database": {"url": postgres_url},
+           "providers": {"demo": {"type": "test-pattern"}}, "models": {"test-pattern": [{"provider": "demo"}]},
+           "pricing": {"test-pattern": {"per_image": 0.01}},
+           "jobs": {"workers": 0, "max_queued_per_key": 100000}}  # fmt: skip
+    with run_server(cfg, tmp_path) as gw:
+        tag = uuid.uuid4().hex[:6]
+        for team in ("t1", "t2"):
+            assert admin(gw.base_url, "PUT", f"/admin/teams/{tag}{team}", json={"budget_usd": 1000}).status_code == 200
+        keys = [create_key(gw, team=f"{tag}t{1 + n % 2}", budget_usd=500) for n in range(8)]
+        job = {"model": "test-pattern", "prompt": "x", "size": "64x64"}
+
+        async def storm() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=400)
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=60, limits=limits) as http:
+                sends = []
+                for _ in range(15):
+                    for key in keys:
+                        auth = {"Authorization": f"Bearer {key['key']}"}
+                        sends.append(http.post("/v1/images/generations", json=job, headers={**auth, **ASYNC}))
+                        sends.append(http.post("/v1/images/generations", json=job, headers=auth))
+                return await asyncio.gather(*sends)
+
+        answers = [r for _ in range(3) for r in asyncio.run(storm())]
+        assert Counter(r.status_code for r in answers) == {202: 360, 200: 360}, {r.text[:200] for r in answers}
+        for key in keys:  # 45 sync images charged, 45 queued jobs holding their reservations
+            assert money(gw.base_url, key["id"]) == (Decimal("0.45"), Decimal("0.45")), key["id"]

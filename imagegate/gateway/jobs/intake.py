@@ -8,23 +8,27 @@ database: SQLite has one writer, and every transaction pays a fixed cost
 arrive while a transaction is being written wait for the next one, which
 accepts all of them at once (up to ``MAX_BATCH``):
 
-* each caller's lock taken once (PostgreSQL: in a fixed order, so two
-  replicas' batches never deadlock) and its load counted once; the caps are
-  then checked job by job, in arrival order, counting the jobs admitted
-  before it, exactly as one transaction per job would;
-* each caller's budgets asked once, for the sum of its jobs' worst cases
-  (one conditional UPDATE), then one reservation row per job;
+* each caller's lock taken once (PostgreSQL: in a fixed order) and its
+  load counted once; the caps are then checked job by job, in arrival
+  order, counting the jobs admitted before it, as one transaction per job
+  would;
+* the budget rows of every caller locked in the order every reservation
+  and settlement takes them (keys, then teams, each sorted), so a batch
+  touching several keys and teams never deadlocks with them or with
+  another replica's batch; then each caller's budgets asked once, for the
+  sum of its jobs' worst cases (one conditional UPDATE), and one
+  reservation row per job;
 * the jobs and their inputs inserted with one statement each (executemany).
 
-Every submission gets exactly the answer it would have had alone: a caller
-whose budgets refuse the sum of several jobs (some may fit) has them
-accepted one transaction each after the batch, the others' jobs unaffected;
-a duplicate Idempotency-Key (the insert fails, which one is not known)
-rolls the batch back and each is accepted alone. Nothing is written outside
-a transaction that commits or rolls back as a whole: a failure leaves
-nothing reserved and no job half made. (A caller's jobs sent alone were
-counted by its caps' check in the batch: a later job of that same caller
-in the batch may be refused a cap it would just have fitted under.)
+Every submission gets exactly the answer it would have had alone. A caller
+whose budgets refuse the sum of several jobs (some may fit, and the caps
+counted them all) has every one of its submissions of the batch accepted
+one transaction each after it, in arrival order; the other callers' jobs
+are unaffected. A duplicate Idempotency-Key (the insert fails; which one
+is not known), or PostgreSQL choosing the batch as a deadlock's victim,
+rolls the batch back and each submission is accepted alone. Nothing is
+written outside a transaction that commits or rolls back as a whole: a
+failure leaves nothing reserved and no job half made.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate.accounting.caller import Caller
 from imagegate.accounting.service import Accounting, Admission, BudgetRefused
-from imagegate.db.engine import Database
+from imagegate.db.engine import Database, is_deadlock
 from imagegate.db.models import utcnow
 from imagegate.gateway.jobs import store
 
@@ -84,7 +89,7 @@ class Intake:
         await asyncio.shield(submission.done)
 
     async def aclose(self) -> None:
-        if self._writer is not None:
+        while self._writer is not None and not self._writer.done():
             await asyncio.gather(self._writer, return_exceptions=True)
 
     async def _write_all(self) -> None:
@@ -92,21 +97,23 @@ class Intake:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
                 await self._write(batch)
-            except BaseException as exc:  # the database failed (or this task was cancelled): every one of them fails
-                for submission in batch:
-                    if not submission.done.done():
-                        submission.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("not accepted"))
-                if not isinstance(exc, Exception):
-                    raise
+            except Exception as exc:  # the database failed: every one of them fails
+                _fail(batch, exc)
+            except BaseException:  # this task was cancelled (the loop is closing): none will be written
+                waiting, self._waiting = self._waiting, []
+                _fail([*batch, *waiting], RuntimeError("the server stopped before the job was accepted"))
+                raise
 
     async def _write(self, batch: list[Submission]) -> None:
         try:
             outcomes, alone = await self._transaction(batch)
-        except IntegrityError as exc:  # a duplicate (an Idempotency-Key taken meanwhile): rolled back
-            if len(batch) == 1:
-                outcomes, alone = [exc], []
-            else:  # which one is not known: each alone
-                outcomes, alone = [None] * len(batch), batch
+        except Exception as exc:  # rolled back: nothing was written
+            redo = isinstance(exc, IntegrityError) or is_deadlock(exc)
+            if len(batch) == 1 or not redo:
+                raise
+            # A duplicate Idempotency-Key (which one is not known), or
+            # PostgreSQL's deadlock detector chose this transaction: each alone.
+            outcomes, alone = [None] * len(batch), batch
         for submission, outcome in zip(batch, outcomes, strict=True):
             if submission in alone:
                 continue
@@ -115,18 +122,23 @@ class Intake:
             else:
                 submission.done.set_exception(outcome)
         for submission in alone:
-            await self._write([submission])
+            try:
+                await self._write([submission])
+            except Exception as exc:
+                _fail([submission], exc)
 
     async def _transaction(self, batch: list[Submission]) -> tuple[list[Exception | None], list[Submission]]:
         """Accept ``batch`` in one transaction. Returns, for each submission,
         None (accepted) or what refused it (a cap, a budget), and the
-        submissions to accept alone, each in a transaction of its own: those
-        of a caller whose budgets refused the sum of several."""
+        submissions to accept alone, each in a transaction of its own (every
+        one of a caller whose budgets refused the sum of several)."""
         outcomes: list[Exception | None] = [None] * len(batch)
+        callers: dict[str, list[int]] = {}  # scope -> its submissions' places, in arrival order
+        for n, submission in enumerate(batch):
+            callers.setdefault(submission.row["scope"], []).append(n)
         async with self.db.transaction() as session:
-            scopes = sorted({s.row["scope"] for s in batch})
             load: dict[str, tuple[int, int]] = {}
-            for scope in scopes:  # in a fixed order: replicas' batches never wait on each other in a circle
+            for scope in sorted(callers):  # in a fixed order: replicas' batches never wait on each other in a circle
                 await store.lock_scope(session, scope)
                 load[scope] = await store.load_of(session, scope)
             for n, submission in enumerate(batch):
@@ -138,40 +150,50 @@ class Intake:
                     outcomes[n] = cap
                     continue
                 load[scope] = (queued + 1, held + size)
-            accepted = [s for s, outcome in zip(batch, outcomes, strict=True) if outcome is None]
-            refused, alone = await self._reserve(session, accepted)
-            for n, submission in enumerate(batch):
-                if submission in refused:
-                    outcomes[n] = refused[submission]
+            budgeted = [batch[n].admission.caller for n, o in enumerate(outcomes) if o is None and batch[n].wanted is not None]
+            await self.accounting.lock_budgets(session, budgeted)
+            alone: list[Submission] = []
+            for places in callers.values():
+                admitted = [batch[n] for n in places if outcomes[n] is None]
+                read_as = {_budget_of(s.admission.caller) for s in admitted if s.wanted is not None}
+                refused = await self._reserve(session, admitted) if len(read_as) <= 1 else None
+                if len(read_as) <= 1 and refused is None:
+                    continue
+                if len(places) == 1:
+                    outcomes[places[0]] = refused
+                else:  # some may fit (and change what the caps said of the others), or its key changed meanwhile
+                    alone.extend(batch[n] for n in places)
+                    for n in places:
+                        outcomes[n] = None
             later = set(alone)
-            await store.insert_many(session, [(s.row, s.inputs) for s in accepted if s not in refused and s not in later])
+            await store.insert_many(session, [(s.row, s.inputs) for s, o in zip(batch, outcomes, strict=True)
+                                              if o is None and s not in later])  # fmt: skip
         return outcomes, alone
 
-    async def _reserve(
-        self, session: AsyncSession, accepted: list[Submission]
-    ) -> tuple[dict[Submission, BudgetRefused], list[Submission]]:
-        """Each caller's budgets asked once, for the sum of its submissions'
-        worst cases; a row per submission, owned by its job. Returns the
-        submissions refused (a caller with one), and those to accept alone (a
-        caller whose budgets refused the sum of several: some may fit)."""
-        callers: dict[tuple[str | None, str, str | None], list[Submission]] = {}
-        for submission in accepted:
-            if submission.wanted is not None:
-                caller = submission.admission.caller  # as its request read it: the same key, its period and team
-                callers.setdefault((caller.key_id, caller.budget_period, caller.team), []).append(submission)
-        now = utcnow()
-        refused: dict[Submission, BudgetRefused] = {}
-        alone: list[Submission] = []
-        for group in callers.values():
-            holds = [(s.wanted or 0, s.admission.request_id, s.lives, s.row["created_at"], f"job:{s.row['id']}") for s in group]
-            try:
-                held = await self.accounting.reserve_in(session, group[0].admission.caller, holds, now)
-            except BudgetRefused as no:  # nothing was changed
-                if len(group) == 1:
-                    refused[group[0]] = no
-                else:
-                    alone.extend(group)
-                continue
-            for submission, one in zip(group, held, strict=True):
-                submission.row["reservation_id"], submission.row["reserved_nusd"] = one.id, one.amount
-        return refused, alone
+    async def _reserve(self, session: AsyncSession, admitted: list[Submission]) -> BudgetRefused | None:
+        """One caller's admitted submissions: its budgets asked once, for the
+        sum of their worst cases, and a row per submission, owned by its job.
+        The refusal (nothing changed), if its budgets said no."""
+        wanting = [s for s in admitted if s.wanted is not None]
+        if not wanting:
+            return None
+        caller = wanting[0].admission.caller  # they all read the key the same way (its id, period and team)
+        holds = [(s.wanted or 0, s.admission.request_id, s.lives, s.row["created_at"], f"job:{s.row['id']}") for s in wanting]
+        try:
+            held = await self.accounting.reserve_in(session, caller, holds, utcnow())
+        except BudgetRefused as no:
+            return no
+        for submission, one in zip(wanting, held, strict=True):
+            submission.row["reservation_id"], submission.row["reserved_nusd"] = one.id, one.amount
+        return None
+
+
+def _budget_of(caller: Caller) -> tuple[str | None, str, str | None]:
+    """What a reservation is made on: the key, its budget period and team (as its request read them)."""
+    return caller.key_id, caller.budget_period, caller.team
+
+
+def _fail(submissions: list[Submission], exc: Exception) -> None:
+    for submission in submissions:
+        if not submission.done.done():
+            submission.done.set_exception(exc)
