@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -29,11 +28,6 @@ def create_app(settings: Settings, service: ImageService | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()  # database migrations
         sweeper = asyncio.create_task(service.sweeper.forever(), name="imagegate-sweeper")
-        # Everything made so far (modules, the catalog, the app) lives as long
-        # as the process: out of the collector's sight, so a full collection
-        # under load scans only what requests made (~5 ms instead of ~100).
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import logging
 import shlex
@@ -42,6 +43,11 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     app = create_app(settings)
     url = settings.server.public_url or f"http://{server.host}:{server.port}"
     click.echo(banner(settings, url))
+    # What is made by now (modules, the catalog, the app) lives as long as the
+    # process: out of the collector's sight, a full collection under load scans
+    # only what requests made (~5 ms instead of ~100 with it all).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app, host=server.host, port=server.port, log_level=settings.server.log_level, access_log=True, **uvicorn_options(server)
     )
