@@ -32,11 +32,13 @@ def _config(**auth: Any) -> dict[str, Any]:
         "auth": {"master_key": MASTER, **auth},
         "providers": {"demo": {"type": "test-pattern"}},
         "models": {"test-pattern": [{"provider": "demo"}], "dall-e-2": [{"provider": "demo"}]},
+        "pricing": {"test-pattern": {"per_image": 0.01}},  # a budget of 0 refuses it
     }
 
 
 def _new_key(gw: Running, **body: Any) -> dict[str, Any]:
-    r = admin(gw.base_url, MASTER, "POST", "/admin/keys", json={"name": "cached", **body})
+    """A key with a budget (only those are remembered: one without is read every time)."""
+    r = admin(gw.base_url, MASTER, "POST", "/admin/keys", json={"name": "cached", "budget_usd": 100, **body})
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
     return created
@@ -148,6 +150,21 @@ def test_a_cli_revoke_is_not_seen_while_cached_and_any_admin_api_key_change_forg
         _patch(gw, other, name="renamed")
         assert _answer(_models(gw, key["key"])) == (401, "invalid_api_key")
         assert _answer(_models(gw, other["key"])) == (200, None)
+
+
+def test_a_key_without_a_budget_is_read_every_time_so_a_cli_budget_holds_at_once(tmp_path: Path) -> None:
+    # A cached "no budget" would let requests run unreserved past a budget the
+    # CLI (or another replica) just gave the key: such keys are not remembered.
+    with run_server(_config(key_cache_seconds=60), tmp_path) as gw:
+        config = tmp_path / "imagegate.yaml"
+        free, spare = _new_key(gw, name="free", budget_usd=None), _new_key(gw, name="spare", budget_usd=None)
+        assert _answer(_models(gw, free["key"])) == (200, None)
+        assert _generate(gw, free["key"], "test-pattern") == (200, None)
+        _cli(config, "keys", "update", free["id"], "--budget", "0")
+        assert _generate(gw, free["key"], "test-pattern") == (429, "insufficient_quota")  # the very next request
+        assert _answer(_models(gw, spare["key"])) == (200, None)
+        assert "revoked" in _cli(config, "keys", "revoke", spare["id"])
+        assert _answer(_models(gw, spare["key"])) == (401, "invalid_api_key")
 
 
 def test_a_cli_revoke_takes_effect_within_the_ttl(tmp_path: Path) -> None:
