@@ -33,6 +33,7 @@ from imagegate.contract.validate import retarget
 from imagegate.db.engine import Database
 from imagegate.errors import ImagegateError, NotFoundError, UpstreamError, UpstreamTimeoutError
 from imagegate.gateway.jobs import codec, store
+from imagegate.gateway.jobs.batching import GroupCommit
 from imagegate.gateway.jobs.store import Claimed
 from imagegate.gateway.rendering import json_body
 from imagegate.gateway.routes import Route
@@ -88,6 +89,12 @@ class JobExecutor:
         self.finished = finished  # told the id of each job this process finished
         self.cancel_reasons: dict[str, str] = {}  # job id -> why its task is cancelled: cancel | lost | shutdown
         self._ending: set[asyncio.Future[None]] = set()
+        # Jobs claimed together start together: their upstream_started in one UPDATE.
+        self._starts: GroupCommit[str, bool] = GroupCommit(self._mark_started)
+
+    async def _mark_started(self, job_ids: list[str]) -> list[bool | Exception]:
+        marked = await store.mark_started(self.db, job_ids, self.me)
+        return [job_id in marked for job_id in job_ids]
 
     def spec_of(self, model: str) -> ModelSpec:
         route = self.routes.get(model)
@@ -129,7 +136,7 @@ class JobExecutor:
             first = legs[0].pool.slots[0].deployment
             admission = Admission(caller, request, first, job.request_id, job.reserved_nusd,
                                   reservation_id=job.reservation_id, settlement_id=settlement_id(job.id))  # fmt: skip
-            if not await store.mark_started(self.db, job.id, self.me):
+            if not await self._starts.submit(job.id):
                 log.warning("job %s: lost its lease before it started; left to its new owner", job.id)
                 return
             done = await self.runner.execute(legs, admission, job.base_url)
@@ -164,6 +171,7 @@ class JobExecutor:
         await asyncio.shield(future)
 
     async def drain(self) -> None:
+        await self._starts.aclose()
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
 

@@ -33,10 +33,9 @@ failure leaves nothing reserved and no job half made.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +46,7 @@ from imagegate.accounting.service import Accounting, Admission, BudgetRefused
 from imagegate.db.engine import Database, is_deadlock
 from imagegate.db.models import utcnow
 from imagegate.gateway.jobs import store
+from imagegate.gateway.jobs.batching import GroupCommit
 
 log = logging.getLogger("imagegate.jobs")
 MAX_BATCH = 256  # submissions per transaction (bounds its statements' size and time)
@@ -65,7 +65,6 @@ class Submission:
     admission: Admission
     wanted: int | None
     lives: float
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Intake:
@@ -75,36 +74,19 @@ class Intake:
         self.db = db
         self.accounting = accounting
         self.check_caps = check_caps
-        self._waiting: list[Submission] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[Submission, None] = GroupCommit(self._write, MAX_BATCH)
 
     async def accept(self, submission: Submission) -> None:
         """Accept ``submission`` (its row then holds its reservation); raises
         what refused it: a cap's ``RateLimitError``, :class:`BudgetRefused`,
         ``IntegrityError`` (its Idempotency-Key was taken meanwhile), or the
         database's error. Cancelling the caller does not cancel the write."""
-        self._waiting.append(submission)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write_all())
-        await asyncio.shield(submission.done)
+        await self._batches.submit(submission)
 
     async def aclose(self) -> None:
-        while self._writer is not None and not self._writer.done():
-            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._batches.aclose()
 
-    async def _write_all(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            try:
-                await self._write(batch)
-            except Exception as exc:  # the database failed: every one of them fails
-                _fail(batch, exc)
-            except BaseException:  # this task was cancelled (the loop is closing): none will be written
-                waiting, self._waiting = self._waiting, []
-                _fail([*batch, *waiting], RuntimeError("the server stopped before the job was accepted"))
-                raise
-
-    async def _write(self, batch: list[Submission]) -> None:
+    async def _write(self, batch: list[Submission]) -> list[Exception | None]:
         try:
             outcomes, alone = await self._transaction(batch)
         except Exception as exc:  # rolled back: nothing was written
@@ -114,18 +96,13 @@ class Intake:
             # A duplicate Idempotency-Key (which one is not known), or
             # PostgreSQL's deadlock detector chose this transaction: each alone.
             outcomes, alone = [None] * len(batch), batch
-        for submission, outcome in zip(batch, outcomes, strict=True):
-            if submission in alone:
-                continue
-            if outcome is None:
-                submission.done.set_result(None)
-            else:
-                submission.done.set_exception(outcome)
+        place = {id(submission): n for n, submission in enumerate(batch)}
         for submission in alone:
             try:
-                await self._write([submission])
+                (outcomes[place[id(submission)]],) = await self._write([submission])
             except Exception as exc:
-                _fail([submission], exc)
+                outcomes[place[id(submission)]] = exc
+        return outcomes
 
     async def _transaction(self, batch: list[Submission]) -> tuple[list[Exception | None], list[Submission]]:
         """Accept ``batch`` in one transaction. Returns, for each submission,
@@ -191,9 +168,3 @@ class Intake:
 def _budget_of(caller: Caller) -> tuple[str | None, str, str | None]:
     """What a reservation is made on: the key, its budget period and team (as its request read them)."""
     return caller.key_id, caller.budget_period, caller.team
-
-
-def _fail(submissions: list[Submission], exc: Exception) -> None:
-    for submission in submissions:
-        if not submission.done.done():
-            submission.done.set_exception(exc)

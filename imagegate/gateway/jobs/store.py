@@ -255,18 +255,18 @@ async def renew(db: Database, me: str, ids: Iterable[str], lease_seconds: float)
     return {row[0] for row in rows}, {row[0] for row in rows if row[1]}
 
 
-async def _fenced(db: Database, job_id: str, me: str, expect: str, **values: Any) -> bool:
+async def mark_started(db: Database, job_ids: Sequence[str], me: str) -> set[str]:
+    """Durably, before their first upstream call: the upstream may see these
+    jobs from now on, so none is run again by a takeover. Those still
+    running here (fenced by the lease) are marked, in one UPDATE; their ids."""
     async with db.transaction() as session:
         result = await session.execute(
-            update(T).where(T.c.id == job_id, T.c.lease_owner == me, T.c.status == expect).values(**values)
+            update(T)
+            .where(T.c.id.in_(job_ids), T.c.lease_owner == me, T.c.status == "running")
+            .values(upstream_started=True)
+            .returning(T.c.id)
         )
-        return rowcount(result) == 1
-
-
-async def mark_started(db: Database, job_id: str, me: str) -> bool:
-    """Durably, before the first upstream call: the upstream may see this job
-    from now on, so it is never run again by a takeover."""
-    return await _fenced(db, job_id, me, "running", upstream_started=True)
+        return {job_id for (job_id,) in result.all()}
 
 
 async def to_settling(db: Database, job_id: str, me: str, expect: str, lease_seconds: float, **values: Any) -> bool:
