@@ -144,8 +144,8 @@ class AuthConfig(_Strict):
     # Fernet key that encrypts virtual keys (provider credentials) at rest;
     # make one with `imagegate virtual-keys new-encryption-key`.
     encryption_key: SecretStr | None = None
-    # How long a database key that was valid is trusted without reading its
-    # row again (0: read it on every request). Changes made through this
+    # How long a valid database key with a budget (its own or its team's) is
+    # trusted without reading its row again (0: read it on every request). Changes made through this
     # server's admin API apply at once; those made on another replica or by
     # the CLI, within this time (accounting/keycache.py).
     key_cache_seconds: float = Field(5.0, ge=0, le=300)

@@ -28,11 +28,12 @@ async def lock(session: AsyncSession, key_ids: Iterable[str], teams: Iterable[st
     in the caller's transaction (PostgreSQL; SQLite's single writer needs
     none): the order every reservation and settlement takes them in (a
     key, then its team), so a transaction touching several keys and teams
-    never waits on one that waits on it."""
-    if session.get_bind().dialect.name != "postgresql":
+    never waits on one that waits on it. One key (and its team) needs no
+    lock beforehand: reserving takes them in that order already."""
+    keys = sorted(set(key_ids))
+    if len(keys) < 2 or session.get_bind().dialect.name != "postgresql":
         return
-    for pk, idents in ((ApiKey.id, key_ids), (Team.name, teams)):
-        wanted = sorted(set(idents))
+    for pk, wanted in ((ApiKey.id, keys), (Team.name, sorted(set(teams)))):
         if wanted:
             await session.execute(select(pk).where(pk.in_(wanted)).order_by(pk).with_for_update())
 

@@ -2,9 +2,10 @@
 
 Every request with a database key would otherwise read its row: under a
 burst that read is a good part of a request's time. A key that was valid
-(enabled, not revoked) is remembered by its secret's digest for
-``auth.key_cache_seconds`` (0: never); its expiry time is kept with it and
-checked on every request. This process forgets every key at once when its
+(enabled, not revoked) and has a budget (its own or its team's: one
+without is read every time, so a budget given to it holds at once) is
+remembered by its secret's digest for ``auth.key_cache_seconds`` (0:
+never); its expiry time is kept with it and checked on every request. This process forgets every key at once when its
 admin API changes a key or a team (revoked, disabled, limits, models,
 budget period); another replica, or the ``imagegate keys`` CLI (another
 process), takes effect here within the TTL (docs/security.md).

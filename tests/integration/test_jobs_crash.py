@@ -184,11 +184,7 @@ def test_a_settling_job_taken_over_is_charged_once_even_when_settled_twice(tmp_p
     from standin_openai import USAGE
 
     with SlowOpenAI() as upstream:
-        idle = config(upstream.base_url)
-        idle["jobs"] = {**idle["jobs"], "workers": 0}
-        with serve_process(idle, tmp_path) as first:
-            key = new_key(first.base_url)
-            job_id = _submit_one(first.base_url, key["key"])
+        key, job_id = _one_queued_job(upstream, tmp_path)
         db_file = tmp_path / "data" / "imagegate.db"
         outcome = {"final": "succeeded", "images": 1, "usage": {**{k: USAGE[k] for k in ("input_tokens", "output_tokens",
                    "total_tokens")}, "input_text_tokens": 40, "input_image_tokens": 160, "output_image_tokens": 1056,
@@ -211,6 +207,15 @@ def test_a_settling_job_taken_over_is_charged_once_even_when_settled_twice(tmp_p
         assert upstream.received == []  # settling never calls the upstream
 
 
+def _one_queued_job(upstream: SlowOpenAI, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """A key and one job it submitted to a server without workers, stopped since: the job is queued in its database."""
+    idle = config(upstream.base_url)
+    idle["jobs"] = {**idle["jobs"], "workers": 0}
+    with serve_process(idle, tmp_path) as first:
+        key = new_key(first.base_url)
+        return key, _submit_one(first.base_url, key["key"])
+
+
 def _submit_one(base: str, secret: str) -> str:
     r = httpx.post(f"{base}/v1/images/generations", headers={"Authorization": f"Bearer {secret}", "Prefer": "respond-async"},
                    json={"model": "gpt-image-1", "prompt": "settle me", "size": "1024x1024", "quality": "low"}, timeout=30)  # fmt: skip
@@ -220,11 +225,7 @@ def _submit_one(base: str, secret: str) -> str:
 
 def test_a_job_whose_cancel_was_asked_before_its_server_died_is_not_run_by_the_takeover(tmp_path: Path) -> None:
     with SlowOpenAI() as upstream:
-        idle = config(upstream.base_url)
-        idle["jobs"] = {**idle["jobs"], "workers": 0}
-        with serve_process(idle, tmp_path) as first:
-            key = new_key(first.base_url)
-            job_id = _submit_one(first.base_url, key["key"])
+        key, job_id = _one_queued_job(upstream, tmp_path)
         import sqlite3
 
         # Running on a server that died before its first upstream call; the client then cancelled it (200,

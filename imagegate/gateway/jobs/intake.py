@@ -132,13 +132,11 @@ class Intake:
             alone: list[Submission] = []
             for places in callers.values():
                 admitted = [batch[n] for n in places if outcomes[n] is None]
-                read_as = {_budget_of(s.admission.caller) for s in admitted if s.wanted is not None}
-                refused = await self._reserve(session, admitted) if len(read_as) <= 1 else None
-                if len(read_as) <= 1 and refused is None:
-                    continue
-                if len(places) == 1:
+                changed = len({_budget_of(s.admission.caller) for s in admitted if s.wanted is not None}) > 1
+                refused = None if changed else await self._reserve(session, admitted)
+                if refused is not None and len(places) == 1:
                     outcomes[places[0]] = refused
-                else:  # some may fit (and change what the caps said of the others), or its key changed meanwhile
+                elif refused is not None or changed:  # some may fit (and change what the caps said), or its key changed
                     alone.extend(batch[n] for n in places)
                     for n in places:
                         outcomes[n] = None

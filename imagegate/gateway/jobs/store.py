@@ -96,7 +96,7 @@ _INSERT_JOB_PG = insert_into(T).values(queue_expires_at=func.now() + bindparam("
 _INSERT_INPUT = insert_into(JobInput.__table__)
 
 
-async def insert(session: AsyncSession, job: dict[str, Any], inputs: Sequence[tuple[str, dict[str, Any], bytes]]) -> None:
+async def insert(session: AsyncSession, job: dict[str, Any], inputs: Inputs) -> None:
     """The job (``job``: its columns; its reservation, if any, already made
     in this transaction and owned by it) and its inputs, in the caller's
     transaction."""
